@@ -1,0 +1,2 @@
+"""ditkit: train, sample and accelerate Diffusion Transformers."""
+__version__ = "0.1.0"
