@@ -1,39 +1,25 @@
-"""The ``ditkit`` command line. Flag names follow DiT's sample.py (dashed) with diffusers' names as aliases."""
+"""The ``ditkit`` command line. Each command lives next to the code it drives, in a module with ``register(sub)``.
+
+Flag names follow DiT's sample.py (dashed: --num-sampling-steps, --cfg-scale, --seed) with diffusers' names
+(--num-inference-steps, --guidance-scale) accepted as aliases.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-import time
 
-
-def _cmd_train(args):
-    from .config import load_config
-    from .training.config import TrainConfig
-    from .training.trainer import train
-    cfg = load_config(TrainConfig, args.config, args.set)
-    if args.print_config:
-        import yaml
-        from .config import to_dict
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return
-    t0 = time.time()
-    out = train(cfg, resume=args.resume, progress=False if args.no_progress else None, max_steps=args.max_steps)
-    print(f"wrote {out} ({time.time() - t0:.1f} s)")
+COMMAND_MODULES = [
+    "ditkit.training.cli",
+    "ditkit.generate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ditkit", description=__doc__)
+    p = argparse.ArgumentParser(prog="ditkit", description="Train, sample and accelerate Diffusion Transformers.")
     sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a DiT from a config file")
-    t.add_argument("--config", required=True, help="YAML config (see configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    t.add_argument("--resume", metavar="auto|PATH", help="resume from the latest checkpoint (auto) or a checkpoint folder")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps without changing the LR schedule")
-    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(fn=_cmd_train)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 

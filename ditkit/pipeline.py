@@ -1,0 +1,109 @@
+"""Class-conditional generation: a DiT + its diffusion process (+ optional autoencoder) behind one callable.
+
+    pipe = ditkit.load("mnist-dit")
+    images = pipe(class_labels=[0, 1, 2], num_sampling_steps=50, sampler="ddim", cfg_scale=4.0, seed=0)
+    # images: [3, C, H, W] float in [-1, 1]; sample i uses seed + i whatever the batch size
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from .build import build_process
+from .config import from_dict
+from .diffusion.guidance import GuidedModel
+from .diffusion.samplers import NoiseSource, sample
+from .models.dit import DiT, DiTConfig
+from .training.config import TrainConfig
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.stem for p in ASSETS.glob("*.safetensors") if (ASSETS / f"{p.stem}.json").is_file()
+                  and not p.stem.endswith("classifier"))
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A bundled model name (e.g. 'mnist-dit'), a .safetensors file, or a training results folder."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        return p / "model.safetensors"
+    if p.is_file():
+        return p
+    if (ASSETS / f"{name_or_path}.safetensors").is_file():
+        return ASSETS / f"{name_or_path}.safetensors"
+    raise FileNotFoundError(f"no model {name_or_path!r}: not a file, a results folder with model.safetensors, nor a "
+                            f"bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
+
+
+def load_dit(name_or_path: str | Path, device="cpu") -> tuple[DiT, dict]:
+    """Load a ditkit safetensors model; returns (model in eval mode, metadata)."""
+    path = resolve_model_path(name_or_path)
+    meta = ckpt.read_metadata(path)
+    if meta.get("format") != "ditkit-dit":
+        raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT .pt "
+                         f"checkpoints load with ditkit.models.official.load_official_checkpoint")
+    model = DiT(DiTConfig(**meta["dit_config"]))
+    ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
+    return model.to(device).eval(), meta
+
+
+class DiTPipeline:
+    def __init__(self, model: DiT, process, autoencoder=None, metadata: dict | None = None):
+        self.model, self.process, self.autoencoder = model, process, autoencoder
+        self.metadata = metadata or {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None) -> "DiTPipeline":
+        model, meta = load_dit(name_or_path, device)
+        cfg = from_dict(TrainConfig, meta["train_config"])
+        ae_path = autoencoder or cfg.model.autoencoder
+        ae = None
+        if ae_path:
+            from .autoencoder import Autoencoder
+            ae = Autoencoder(ae_path, device)
+        return cls(model, build_process(cfg.diffusion, model.config.learn_sigma), ae, meta)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    @torch.no_grad()
+    def __call__(self, class_labels: Sequence[int], num_sampling_steps: int = 50, sampler: str = "ddim",
+                 cfg_scale: float = 4.0, seed: int = 0, eta: float = 0.0, guidance_interval=None,
+                 guide_channels: int | None = None, cfg_batched: bool = True, batch_size: int | None = None,
+                 progress: bool = False, step_callback=None) -> torch.Tensor:
+        """Generate one image per label; returns [N, C, H, W] in [-1, 1] (decoded if there is an autoencoder)."""
+        labels = torch.as_tensor(list(class_labels), dtype=torch.long)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty: give at least one class label")
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.numel():
+            raise ValueError(f"class label(s) {bad.tolist()} out of range: this model has classes 0..{self.num_classes - 1}")
+        if cfg_scale != 1.0 and self.model.config.class_dropout_prob <= 0:
+            raise ValueError("this model was trained without label dropout, so it has no null class for "
+                             "classifier-free guidance: use cfg_scale=1")
+        bs = batch_size or len(labels)
+        C, (H, W) = self.model.in_channels, self.model.config.image_hw
+        outs = []
+        for start in range(0, len(labels), bs):
+            y = labels[start:start + bs].to(self.device)
+            noise = NoiseSource(range(seed + start, seed + start + len(y)), self.device)
+            guided = GuidedModel(self.model, y, self.num_classes, cfg_scale, self.process, guide_channels,
+                                 guidance_interval, cfg_batched)
+            x = sample(guided, noise.randn(C, H, W), self.process, sampler, num_sampling_steps, noise, eta=eta,
+                       progress=progress, step_callback=step_callback)
+            outs.append(self.autoencoder.decode(x) if self.autoencoder is not None else x)
+        return torch.cat(outs).clamp(-1, 1)
+
+
+def load(name_or_path: str | Path = "mnist-dit", device="cpu") -> DiTPipeline:
+    return DiTPipeline.from_pretrained(name_or_path, device)
