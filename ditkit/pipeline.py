@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from . import checkpoint as ckpt
+from .acceleration.registry import Recipe
 from .build import build_process
 from .config import from_dict
 from .diffusion.guidance import GuidedModel
@@ -56,6 +57,14 @@ class DiTPipeline:
     def __init__(self, model: DiT, process, autoencoder=None, metadata: dict | None = None):
         self.model, self.process, self.autoencoder = model, process, autoencoder
         self.metadata = metadata or {}
+        self.recipe = Recipe()
+
+    def set_recipe(self, recipe=None) -> "DiTPipeline":
+        """Apply an acceleration recipe (string, dict, list or Recipe) to every later call; None removes it."""
+        self.recipe.detach(self.model)
+        self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        self.recipe.attach(self.model)
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None) -> "DiTPipeline":
@@ -98,11 +107,22 @@ class DiTPipeline:
             y = labels[start:start + bs].to(self.device)
             noise = NoiseSource(range(seed + start, seed + start + len(y)), self.device)
             guided = GuidedModel(self.model, y, self.num_classes, cfg_scale, self.process, guide_channels,
-                                 guidance_interval, cfg_batched)
+                                 guidance_interval, cfg_batched, self.recipe.begin_branch)
+            self.recipe.reset(num_sampling_steps)
             x = sample(guided, noise.randn(C, H, W), self.process, sampler, num_sampling_steps, noise, eta=eta,
-                       progress=progress, step_callback=step_callback)
+                       progress=progress, step_callback=self._step_callback(step_callback))
             outs.append(self.autoencoder.decode(x) if self.autoencoder is not None else x)
         return torch.cat(outs).clamp(-1, 1)
+
+    def _step_callback(self, user_callback):
+        if not self.recipe and user_callback is None:
+            return None
+
+        def callback(step: int, num_steps: int):
+            self.recipe.begin_step(step, num_steps)
+            if user_callback is not None:
+                user_callback(step, num_steps)
+        return callback
 
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu") -> DiTPipeline:

@@ -20,13 +20,16 @@ def noise_level(t: torch.Tensor, process) -> float:
 
 class GuidedModel:
     """``model_fn(x, t)`` for samplers. ``batched`` runs [cond; uncond] in one call of 2N samples (DiT's order);
-    otherwise two separate calls, conditional first."""
+    otherwise two separate calls, conditional first. ``branch_callback(name)`` is told which branch each network call
+    computes: "cond", "uncond" or "cond+uncond" (batched)."""
 
     def __init__(self, model, labels: torch.Tensor, null_label: int, cfg_scale: float = 1.0, process=None,
-                 guide_channels: int | None = None, interval: tuple[float, float] | None = None, batched: bool = True):
+                 guide_channels: int | None = None, interval: tuple[float, float] | None = None, batched: bool = True,
+                 branch_callback=None):
         self.model, self.labels, self.null_label = model, labels, null_label
         self.cfg_scale, self.process, self.guide_channels = cfg_scale, process, guide_channels
         self.interval, self.batched = interval, batched
+        self.branch_callback = branch_callback or (lambda branch: None)
 
     def _active(self, t: torch.Tensor) -> bool:
         if self.cfg_scale == 1.0:
@@ -38,13 +41,18 @@ class GuidedModel:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self._active(t):
+            self.branch_callback("cond")
             return self.model(x, t, self.labels)
         null = torch.full_like(self.labels, self.null_label)
         if self.batched:
+            self.branch_callback("cond+uncond")
             out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, null]))
             cond, uncond = out.chunk(2)
         else:
-            cond, uncond = self.model(x, t, self.labels), self.model(x, t, null)
+            self.branch_callback("cond")
+            cond = self.model(x, t, self.labels)
+            self.branch_callback("uncond")
+            uncond = self.model(x, t, null)
         g = self.guide_channels if self.guide_channels is not None else x.shape[1]
         guided = uncond[:, :g] + self.cfg_scale * (cond[:, :g] - uncond[:, :g])
         return torch.cat([guided, cond[:, g:]], dim=1)

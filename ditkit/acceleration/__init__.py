@@ -1,0 +1,3 @@
+from .registry import REGISTRY, Method, Recipe, parse_recipe, register
+
+__all__ = ["REGISTRY", "Method", "Recipe", "parse_recipe", "register"]

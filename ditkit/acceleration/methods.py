@@ -1,0 +1,7 @@
+"""The built-in methods: importing this module registers them (one module per method, listed here)."""
+import importlib
+
+BUILTIN_METHOD_MODULES: list[str] = []
+
+for _name in BUILTIN_METHOD_MODULES:
+    importlib.import_module(f"ditkit.acceleration.{_name}")
