@@ -15,6 +15,7 @@ from . import checkpoint as ckpt
 from .acceleration.registry import Recipe
 from .build import build_process
 from .config import from_dict
+from .diffusion.gaussian import GaussianDiffusion
 from .diffusion.guidance import GuidedModel
 from .diffusion.samplers import NoiseSource, sample
 from .models.dit import DiT, DiTConfig
@@ -41,13 +42,17 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
                             f"bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
 
 
-def load_dit(name_or_path: str | Path, device="cpu") -> tuple[DiT, dict]:
-    """Load a ditkit safetensors model; returns (model in eval mode, metadata)."""
+def load_dit(name_or_path: str | Path, device="cpu", model_name: str = "DiT-XL/2") -> tuple[DiT, dict]:
+    """Load a ditkit safetensors model, or an official DiT .pt checkpoint of architecture ``model_name`` (resolution
+    read from its pos_embed); returns (model in eval mode, metadata)."""
     path = resolve_model_path(name_or_path)
+    if path.suffix in (".pt", ".pth"):
+        from .models.official import load_official_checkpoint
+        return load_official_checkpoint(path, model_name).to(device), {"format": "official-dit", "model_name": model_name}
     meta = ckpt.read_metadata(path)
     if meta.get("format") != "ditkit-dit":
-        raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT .pt "
-                         f"checkpoints load with ditkit.models.official.load_official_checkpoint")
+        raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT "
+                         f"checkpoints load from their .pt file")
     model = DiT(DiTConfig(**meta["dit_config"]))
     ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
     return model.to(device).eval(), meta
@@ -67,15 +72,24 @@ class DiTPipeline:
         return self
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None) -> "DiTPipeline":
-        model, meta = load_dit(name_or_path, device)
-        cfg = from_dict(TrainConfig, meta["train_config"])
-        ae_path = autoencoder or cfg.model.autoencoder
+    def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None,
+                        model_name: str = "DiT-XL/2") -> "DiTPipeline":
+        """An official DiT .pt checkpoint (architecture ``model_name``) samples SD-VAE latents with DiT's DDPM process
+        (linear betas, 1000 steps, learned sigma) and needs ``autoencoder``: a local diffusers AutoencoderKL folder."""
+        model, meta = load_dit(name_or_path, device, model_name)
+        if meta["format"] == "official-dit":
+            if not autoencoder:
+                raise ValueError("official DiT checkpoints generate SD-VAE latents: pass autoencoder=<local folder of "
+                                 "a diffusers AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema> (CLI: --vae)")
+            ae_path, process = autoencoder, GaussianDiffusion.from_config("linear", 1000, model.config.learn_sigma)
+        else:
+            cfg = from_dict(TrainConfig, meta["train_config"])
+            ae_path, process = autoencoder or cfg.model.autoencoder, build_process(cfg.diffusion, model.config.learn_sigma)
         ae = None
         if ae_path:
             from .autoencoder import Autoencoder
             ae = Autoencoder(ae_path, device)
-        return cls(model, build_process(cfg.diffusion, model.config.learn_sigma), ae, meta)
+        return cls(model, process, ae, meta)
 
     @property
     def device(self) -> torch.device:
@@ -125,5 +139,5 @@ class DiTPipeline:
         return callback
 
 
-def load(name_or_path: str | Path = "mnist-dit", device="cpu") -> DiTPipeline:
-    return DiTPipeline.from_pretrained(name_or_path, device)
+def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
+    return DiTPipeline.from_pretrained(name_or_path, device, autoencoder)
