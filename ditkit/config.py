@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,38 @@ def from_dict(cls, data: dict, where: str = ""):
         raise ValueError(f"config section {where.rstrip('.') or '<root>'} must be a mapping, got {data!r}")
     _check_keys(cls, data, where)
     kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)
     for k, v in data.items():
-        default = hints[k].default_factory() if hints[k].default_factory is not dataclasses.MISSING else None
+        default = fields[k].default_factory() if fields[k].default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
             kwargs[k] = from_dict(type(default), v or {}, f"{where}{k}.")
         else:
-            kwargs[k] = v
+            kwargs[k] = _coerce(v, types[k], where + k)
     return cls(**kwargs)
+
+
+def _coerce(value, typ, key: str):
+    """Check ``value`` against a simple annotation (int, float, bool, str, X | None). YAML reads '1e-3' as a
+    string, so numbers given as strings are converted."""
+    args = typing.get_args(typ)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"config key {key} may not be null")
+    if args:  # X | None
+        typ = next(a for a in args if a is not type(None))
+    if typ not in (bool, int, float, str):
+        return value
+    try:
+        if isinstance(value, bool) != (typ is bool) or (typ is str and not isinstance(value, (str, int, float))):
+            raise TypeError
+        converted = typ(value) if typ is not int else int(float(value))
+        if typ is int and float(value) != converted:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key}={value!r} must be of type {typ.__name__}") from None
+    return converted
 
 
 def set_override(data: dict, assignment: str):
