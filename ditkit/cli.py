@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "ditkit.training.cli",
     "ditkit.generate",
+    "ditkit.evaluation.evaluate",
 ]
 
 

@@ -18,8 +18,8 @@ def _paired_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
         raise ValueError(f"image batches must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() == 5:
         n, c, f, h, w = a.shape
-        fold = lambda x: x.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w)
-        return fold(a).double(), fold(b).double(), f
+        a, b = (x.transpose(1, 2).reshape(n * f, c, h, w) for x in (a, b))
+        return a.double(), b.double(), f
     if a.dim() == 4:
         return a.double(), b.double(), 1
     raise ValueError(f"expected images [N, C, H, W] or video [N, C, F, H, W], got shape {tuple(a.shape)}")

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+
+from ditkit.data.images import mnist_split
+from ditkit.evaluation.classifier import accuracy, load_classifier
+from ditkit.evaluation.evaluate import (classifier_metrics, classifier_outputs, evaluate_pipeline,
+                                        frechet_distance_real_baseline, heldout_digits, reference_stats)
+from ditkit.evaluation.metrics import frechet_distance_from_stats, gaussian_stats
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return {split: mnist_split(split) for split in ("train", "heldout")}
+
+
+def _fd_to_train(images):
+    return frechet_distance_from_stats(gaussian_stats(classifier_outputs(images)[0]), reference_stats("train"))
+
+
+def test_bundled_classifier_heldout_accuracy(mnist):
+    held = mnist["heldout"]
+    assert accuracy(load_classifier(), held.images, held.labels) >= 0.98
+
+
+def test_frechet_separates_real_from_noise_and_mode_collapse(mnist):
+    train = mnist["train"]
+    baseline = frechet_distance_real_baseline(1000)
+    noise = torch.rand(500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ones = train.images[train.labels == 1]
+    assert baseline < 0.1 * _fd_to_train(noise)
+    assert baseline < 0.1 * _fd_to_train(ones)
+
+
+def test_classifier_metrics_on_real_digits():
+    images, labels = heldout_digits()
+    assert labels[:20].tolist() == [i % 10 for i in range(20)]
+    m = classifier_metrics(images[:200], labels[:200])
+    assert m["class_accuracy"] >= 0.95 and set(m["per_class_accuracy"]) == {str(c) for c in range(10)}
+    # the first N held-out digits *are* the baseline set, so the two distances coincide
+    assert m["frechet_distance"] == pytest.approx(m["frechet_distance_real_baseline"], rel=1e-9)
+    assert m["num_samples"] == m["baseline_num_samples"] == 200
+    assert "FID" not in json.dumps(m)
+
+
+def test_classifier_metrics_bad_input():
+    with pytest.raises(ValueError, match=r"\[N, 1, 32, 32\].*\(4, 3, 32, 32\)"):
+        classifier_metrics(torch.zeros(4, 3, 32, 32), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"\(4, 1, 28, 28\)"):
+        classifier_metrics(torch.zeros(4, 1, 28, 28), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"in \[-1, 1\], got values in \[0, 255\]"):
+        classifier_metrics(torch.full((4, 1, 32, 32), 255.0).index_fill(0, torch.tensor([0]), 0.0), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        classifier_metrics(torch.full((2, 1, 32, 32), float("nan")), [0, 1])
+    with pytest.raises(ValueError, match=r"label\(s\) \[12\]"):
+        classifier_metrics(torch.zeros(2, 1, 32, 32), [0, 12])
+
+
+def _tiny_pipeline(in_channels=1):
+    from ditkit.diffusion.gaussian import GaussianDiffusion
+    from ditkit.models.dit import DiT, dit_config
+    from ditkit.pipeline import DiTPipeline
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-T/8", input_size=32, in_channels=in_channels, num_classes=10)).eval()
+    return DiTPipeline(model, GaussianDiffusion.from_config())
+
+
+def test_evaluate_pipeline_plumbing():
+    r = evaluate_pipeline(_tiny_pipeline(), num_samples=20, num_sampling_steps=2, sampler="ddim", cfg_scale=2.0,
+                          batch_size=8)
+    assert r["num_samples"] == r["baseline_num_samples"] == 20
+    assert r["frechet_distance_real_baseline"] == frechet_distance_real_baseline(20)
+    assert 0 <= r["class_accuracy"] <= 1 and r["frechet_distance"] > r["frechet_distance_real_baseline"] > 0
+    assert set(r["per_class_accuracy"]) == {str(c) for c in range(10)}
+    assert r["sampling"] == dict(num_sampling_steps=2, sampler="ddim", cfg_scale=2.0, seed=0)
+    assert r["seconds"] >= r["sampling_seconds"] > 0
+
+
+def test_evaluate_pipeline_rejects_non_mnist_model():
+    with pytest.raises(ValueError, match=r"\[1, 32, 32\] digits.*\[3, 32, 32\]"):
+        evaluate_pipeline(_tiny_pipeline(in_channels=3), num_samples=20)
+
+
+def test_eval_command_writes_json(tmp_path, capsys):
+    import argparse
+
+    from ditkit import checkpoint as ckpt
+    from ditkit.cli import COMMAND_MODULES
+    from ditkit.evaluation.evaluate import register
+    from ditkit.training.config import TrainConfig
+    from ditkit.training.trainer import model_metadata
+    cfg = TrainConfig()
+    cfg.model.name = "DiT-T/8"
+    model = _tiny_pipeline().model
+    ckpt.save_weights(tmp_path / "tiny.safetensors", model.state_dict(), model_metadata(cfg, model, 0))
+    out = tmp_path / "eval.json"
+    assert "ditkit.evaluation.evaluate" in COMMAND_MODULES
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--model", str(tmp_path / "tiny.safetensors"), "--num-samples", "20",
+                              "--num-sampling-steps", "2", "--json", str(out), "--no-progress"])
+    args.fn(args)
+    r = json.loads(out.read_text())
+    assert r["num_samples"] == 20 and r["sampling"]["num_sampling_steps"] == 2 and r["model"].endswith("tiny.safetensors")
+    printed = capsys.readouterr().out
+    assert "Fréchet distance on ditkit's MNIST-classifier features" in printed and "FID" not in printed
