@@ -1,7 +1,8 @@
 """The built-in methods: importing this module registers them (one module per method, listed here)."""
 import importlib
 
-BUILTIN_METHOD_MODULES: list[str] = []
+BUILTIN_METHOD_MODULES: list[str] = ["fora", "firstblockcache", "teacache", "magcache", "taylorseer", "toca",
+                                     "delta_dit"]
 
 for _name in BUILTIN_METHOD_MODULES:
     importlib.import_module(f"ditkit.acceleration.{_name}")

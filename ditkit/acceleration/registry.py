@@ -60,6 +60,17 @@ def _valid_methods() -> str:
     return ", ".join(sorted(REGISTRY)) or "none registered"
 
 
+def _value(text: str):
+    """YAML scalar, plus numbers YAML 1.1 reads as strings ('1e9')."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
+
+
 def parse_recipe(spec) -> list[tuple[str, dict]]:
     """String / dict / list -> [(method name, params)]. ``None``, '' and 'none' are the empty recipe."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
@@ -86,7 +97,7 @@ def parse_recipe(spec) -> list[tuple[str, dict]]:
             if "=" not in kv:
                 raise ValueError(f"recipe parameter {kv!r} in {part!r} must look like key=value")
             k, v = kv.split("=", 1)
-            params[k.strip()] = yaml.safe_load(v)
+            params[k.strip()] = _value(v)
         out.append((name.strip(), params))
     return out
 
@@ -120,8 +131,14 @@ class Recipe:
         return "+".join(m.spec() for m in self.methods) or "none"
 
     def attach(self, model):
-        for m in self.methods:
-            m.attach(model)
+        """Attach every method in order; if one cannot apply, the ones already attached are detached again."""
+        for i, m in enumerate(self.methods):
+            try:
+                m.attach(model)
+            except Exception:
+                for done in reversed(self.methods[:i]):
+                    done.detach(model)
+                raise
 
     def detach(self, model):
         for m in reversed(self.methods):

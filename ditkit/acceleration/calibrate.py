@@ -1,0 +1,171 @@
+"""``ditkit calibrate``: fit TeaCache's rescaling polynomial or MagCache's magnitude ratios for any model.
+
+Runs the uncached model on K prompts (labels 0, 1, 2, ... cycling, seeds ``seed``, ``seed + 1``, ...) with the
+given sampler, steps and CFG, records every network call per branch and per sample, fits, prints the fit quality
+and writes a JSON file a recipe points to (``teacache:coefficients=FILE``, ``magcache:ratios=FILE``).
+
+- teacache: pairs (x = rel_l1 change of block 0's modulated input, y = rel_l1 change of the block-stack output)
+  between consecutive calls of a sample, pooled over branches and samples; least-squares degree-4 polynomial y = P(x)
+  (TeaCache's recipe, TeaCache #2). Quality: R^2 and RMSE on the pairs.
+- magcache: mean over tokens of the channel L2 norm of the stack residual R = F(h) - h, averaged over samples at each
+  timestep, per branch. Quality: mean / max |predicted - measured| step ratio m(t_s) / m(t_s-1) over samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .cache import CachingMethod, rel_l1
+from .registry import Recipe
+from .teacache import indicator
+
+FORMAT = "ditkit-cache-calibration"
+METHODS = ("teacache", "magcache")
+
+
+@dataclasses.dataclass
+class Recorder(CachingMethod):
+    """Computes every call normally and records per-row statistics (not a registered method)."""
+
+    name: ClassVar[str] = "calibration recorder"
+
+    def reset(self, num_steps):
+        super().reset(num_steps)
+        self.pairs = []                                    # (x, y) per row and call, TeaCache
+        self.mags = defaultdict(list)                      # (branch, t) -> magnitudes, MagCache
+        self.ratios = []                                   # (branch, t_prev, t, measured ratio) per row
+
+    def new_state(self):
+        return SimpleNamespace(u=None, out=None, mag=None, t=None)
+
+    def forward(self, state, tokens, c):
+        u, out = indicator(self.model, tokens, c), self.run(tokens, c)
+        mag = (out - tokens).norm(dim=-1).mean(dim=1)
+        t = self.t.float()
+        if state.u is not None:
+            self.pairs += zip(rel_l1(u, state.u).tolist(), rel_l1(out, state.out).tolist())
+            self.ratios += zip(self.row_branch, state.t.tolist(), t.tolist(), (mag / state.mag).tolist())
+        for branch, ti, m in zip(self.row_branch, t.tolist(), mag.tolist()):
+            self.mags[branch, ti].append(m)
+        state.u, state.out, state.mag, state.t = u, out, mag, t
+        return out
+
+
+def record(pipe, num_prompts: int, seed: int, **sampling) -> Recorder:
+    """Run the uncached pipeline on ``num_prompts`` samples with a recorder attached."""
+    rec, recipe, previous = Recorder(), Recipe(), pipe.recipe
+    recipe.methods.append(rec)
+    pipe.set_recipe(recipe)
+    try:
+        pipe([i % pipe.num_classes for i in range(num_prompts)], seed=seed, **sampling)
+    finally:
+        pipe.set_recipe(previous)
+    return rec
+
+
+def fit_teacache(rec: Recorder) -> dict:
+    x, y = np.array(rec.pairs).T
+    coef = np.polyfit(x, y, 4)
+    pred = np.polyval(coef, x)
+    r2 = 1 - float(((y - pred) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30))
+    return {"coefficients": coef.tolist(),
+            "fit": {"r2": r2, "rmse": float(np.sqrt(((y - pred) ** 2).mean())), "pairs": len(x),
+                    "x_range": [float(x.min()), float(x.max())]}}
+
+
+def fit_magcache(rec: Recorder) -> dict:
+    curves = {}
+    for (branch, t), ms in rec.mags.items():               # sampling order
+        curve = curves.setdefault(branch, {"t": [], "magnitude": []})
+        curve["t"].append(t)
+        curve["magnitude"].append(float(np.mean(ms)))
+    err = []
+    for branch, t0, t1, measured in rec.ratios:
+        ts, ms = curves[branch]["t"], curves[branch]["magnitude"]
+        err.append(abs(np.interp(t1, ts, ms) / np.interp(t0, ts, ms) - measured))
+    return {"curves": curves, "fit": {"ratio_mae": float(np.mean(err)), "ratio_max_error": float(np.max(err)),
+                                      "ratios": len(err)}}
+
+
+def calibrate(pipe, method: str, num_prompts: int = 10, seed: int = 1000, **sampling) -> dict:
+    """Record and fit; returns the calibration dict (what ``save_calibration`` writes)."""
+    if method not in METHODS:
+        raise ValueError(f"cannot calibrate {method!r}; valid: {', '.join(METHODS)}")
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    rec = record(pipe, num_prompts, seed, **sampling)
+    if not rec.pairs:
+        raise ValueError("calibration needs at least 2 sampling steps")
+    fitted = fit_teacache(rec) if method == "teacache" else fit_magcache(rec)
+    settings = {k: v for k, v in sampling.items() if isinstance(v, (int, float, str, type(None)))}
+    return {"format": FORMAT, "method": method, "num_prompts": num_prompts, "seed": seed, "sampling": settings,
+            **fitted}
+
+
+def save_calibration(cal: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cal, indent=1) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path, method: str) -> dict:
+    """Read a calibration file; for magcache ``curves`` becomes {branch: (t ascending, magnitudes)}."""
+    try:
+        cal = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no calibration file {path}: make one with `ditkit calibrate --method {method} "
+                                f"--out {path}`") from None
+    if cal.get("format") != FORMAT or cal.get("method") != method:
+        raise ValueError(f"{path} is not a {method} calibration (format {cal.get('format')!r}, method "
+                         f"{cal.get('method')!r}); make one with `ditkit calibrate --method {method}`")
+    if method == "magcache":
+        cal["curves"] = {b: tuple(map(list, zip(*sorted(zip(c["t"], c["magnitude"])))))
+                         for b, c in cal["curves"].items()}
+    return cal
+
+
+def summary(cal: dict) -> str:
+    fit = cal["fit"]
+    if cal["method"] == "teacache":
+        coef = ", ".join(f"{c:.6g}" for c in cal["coefficients"])
+        return (f"teacache polynomial (c4..c0): {coef}\nfit on {fit['pairs']} pairs, x in "
+                f"[{fit['x_range'][0]:.4g}, {fit['x_range'][1]:.4g}]: R^2 {fit['r2']:.4f}, RMSE {fit['rmse']:.4g}")
+    lines = []
+    for branch, curve in cal["curves"].items():
+        ms = curve["magnitude"]
+        ratios = [b / a for a, b in zip(ms, ms[1:])]
+        lines.append(f"{branch}: {len(ms)} timesteps, step ratios " + " ".join(f"{r:.3f}" for r in ratios))
+    lines.append(f"fit on {fit['ratios']} per-sample ratios: mean |error| {fit['ratio_mae']:.4f}, "
+                 f"max {fit['ratio_max_error']:.4f}")
+    return "\n".join(lines)
+
+
+def run(args):
+    from ..generate import sampling_kwargs
+    from ..pipeline import load
+    pipe = load(args.model, args.device)
+    kwargs = sampling_kwargs(args)
+    seed = kwargs.pop("seed")
+    cal = calibrate(pipe, args.method, args.num_prompts, seed, **kwargs)
+    path = save_calibration({"model": args.model, **cal}, args.out)
+    print(summary(cal))
+    print(f"wrote {path}; use it as {args.method}:{'coefficients' if args.method == 'teacache' else 'ratios'}={path}")
+
+
+def register(sub):
+    from ..generate import add_sampling_args
+    p = sub.add_parser("calibrate", help="fit TeaCache's polynomial or MagCache's ratios for a model")
+    add_sampling_args(p)
+    p.set_defaults(seed=1000)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--num-prompts", type=int, default=10, help="samples to record (labels cycle over the classes)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(fn=run)

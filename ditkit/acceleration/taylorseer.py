@@ -1,0 +1,60 @@
+"""TaylorSeer (Liu et al., ICCV 2025; Shenyi-Z/TaylorSeer): forecast each block's attention and MLP outputs with a
+Taylor expansion whose derivatives are finite differences between full steps.
+
+At a full step with position p the factors become D0 = f(p), D(j+1) = (Dj - Dj_prev) / (p - p_prev); a cached step
+at position q returns sum_j Dj (q - p)^j / j!. Schedule: the first ``warmup`` steps are full, then one full step every
+``interval`` steps. Defaults: the reference's DiT-XL/2 setting (interval 4, order 4, 2 full warm-up steps).
+Deviation: the position is the network timestep of the call instead of the step index (identical for uniformly
+spaced steps; also right for Heun's second call and non-uniform schedules). Memory: (order + 1) x 2L x [N, T, D]."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+
+from .modulecache import ModuleCacheMethod
+from .registry import register
+
+
+@register
+@dataclasses.dataclass
+class TaylorSeer(ModuleCacheMethod):
+    name: ClassVar[str] = "taylorseer"
+    interval: int = 4
+    order: int = 4
+    warmup: int = 2
+
+    def __post_init__(self):
+        if self.interval < 1 or self.order < 0 or self.warmup < 1:
+            raise ValueError(f"taylorseer: need interval >= 1, order >= 0, warmup >= 1; got interval={self.interval}, "
+                             f"order={self.order}, warmup={self.warmup}")
+        super().__post_init__()
+
+    def is_full(self, state) -> bool:
+        return self.step < self.warmup or (self.step - self.warmup) % self.interval == 0
+
+    def _position(self, like: torch.Tensor) -> torch.Tensor:
+        """The call's timestep per row, [N, 1, 1]."""
+        return self.t.to(like.dtype).view(-1, 1, 1)
+
+    def computed(self, state, key, out):
+        pos, prev = self._position(out), state.cache.get(key)
+        factors = [out]
+        if prev is not None:
+            dp = pos - prev[0]
+            if bool((dp == 0).any()):             # same timestep again (e.g. after a Heun corrector call)
+                factors += prev[1][1:]
+            else:
+                for d_prev in prev[1][:self.order]:
+                    factors.append((factors[-1] - d_prev) / dp)
+        state.cache[key] = (pos, factors)
+
+    def reuse(self, state, key, fn, x):
+        pos, factors = state.cache[key]
+        dx = self._position(x) - pos
+        out = factors[0]
+        for j, d in enumerate(factors[1:], start=1):
+            out = out + d * (dx ** j / math.factorial(j))
+        return out
