@@ -22,6 +22,7 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shareable files
     try:
         write_fn(tmp)
         os.replace(tmp, path)
