@@ -12,6 +12,9 @@ import sys
 COMMAND_MODULES = [
     "ditkit.training.cli",
     "ditkit.generate",
+    "ditkit.generate_video",
+    "ditkit.acceleration.calibrate",
+    "ditkit.acceleration.bench",
     "ditkit.evaluation.evaluate",
 ]
 
@@ -20,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ditkit", description="Train, sample and accelerate Diffusion Transformers.")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            print(f"ditkit: warning: command module {name} is missing from this install; skipped", file=sys.stderr)
+            continue
+        module.register(sub)
     return p
 
 
