@@ -48,12 +48,16 @@ def load_dit(name_or_path: str | Path, device="cpu", model_name: str = "DiT-XL/2
     path = resolve_model_path(name_or_path)
     if path.suffix in (".pt", ".pth"):
         from .models.official import load_official_checkpoint
-        return load_official_checkpoint(path, model_name).to(device), {"format": "official-dit", "model_name": model_name}
+        model = load_official_checkpoint(path, model_name)
+        return model.to(device), {"format": "official-dit", "model_name": model_name}
     meta = ckpt.read_metadata(path)
     if meta.get("format") != "ditkit-dit":
         raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT "
                          f"checkpoints load from their .pt file")
     model = DiT(DiTConfig(**meta["dit_config"]))
+    if meta.get("quantization"):
+        from .quantization.export import install_quantized_layers
+        install_quantized_layers(model, meta["quantization"])
     ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
     return model.to(device).eval(), meta
 
@@ -68,6 +72,9 @@ class DiTPipeline:
         """Apply an acceleration recipe (string, dict, list or Recipe) to every later call; None removes it."""
         self.recipe.detach(self.model)
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        for method in self.recipe.methods:      # calibration on the float model's trajectories (quantization)
+            if hasattr(method, "prepare"):
+                method.prepare(self)
         self.recipe.attach(self.model)
         return self
 
@@ -81,10 +88,12 @@ class DiTPipeline:
             if not autoencoder:
                 raise ValueError("official DiT checkpoints generate SD-VAE latents: pass autoencoder=<local folder of "
                                  "a diffusers AutoencoderKL, e.g. stabilityai/sd-vae-ft-ema> (CLI: --vae)")
-            ae_path, process = autoencoder, GaussianDiffusion.from_config("linear", 1000, model.config.learn_sigma)
+            ae_path = autoencoder
+            process = GaussianDiffusion.from_config("linear", 1000, model.config.learn_sigma)
         else:
             cfg = from_dict(TrainConfig, meta["train_config"])
-            ae_path, process = autoencoder or cfg.model.autoencoder, build_process(cfg.diffusion, model.config.learn_sigma)
+            ae_path = autoencoder or cfg.model.autoencoder
+            process = build_process(cfg.diffusion, model.config.learn_sigma)
         ae = None
         if ae_path:
             from .autoencoder import Autoencoder

@@ -28,10 +28,11 @@ def space_timesteps(num_timesteps: int, spacing: int | str) -> list[int]:
     integer stride (0, 20, ..., 980)."""
     if isinstance(spacing, str) and spacing.startswith("ddim"):
         n = int(spacing[4:])
-        stride = num_timesteps // n
-        if stride < 1:
-            raise ValueError(f"cannot take {n} DDIM steps from {num_timesteps} timesteps")
-        return list(range(0, num_timesteps, stride))[:n]
+        for stride in range(1, num_timesteps):  # the smallest integer stride giving exactly n steps
+            if len(range(0, num_timesteps, stride)) == n:
+                return list(range(0, num_timesteps, stride))
+        raise ValueError(f"no integer stride gives exactly {n} DDIM steps from {num_timesteps} timesteps; "
+                         f"use spacing {n} (fractional stride) instead")
     n = int(spacing)
     if not 1 <= n <= num_timesteps:
         raise ValueError(f"number of sampling steps must be in [1, {num_timesteps}], got {n}")

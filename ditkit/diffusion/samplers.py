@@ -66,6 +66,11 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
     if timesteps is None:
         timesteps = default_timesteps(sampler, num_steps, process.num_timesteps)
     timesteps = [int(t) for t in timesteps]
+    if any(a <= b for a, b in zip(timesteps, timesteps[1:])) or timesteps[-1] < 0 \
+            or timesteps[0] >= process.num_timesteps:
+        raise ValueError(f"{sampler} needs strictly decreasing timesteps in [0, {process.num_timesteps - 1}], got "
+                         f"{len(timesteps)}: {timesteps[:3]} ... {timesteps[-3:]}; use fewer steps, or descending "
+                         f"timesteps without repeats")
     if sampler == "dpm++2m":
         return _dpm_solver_pp_2m(model_fn, x, process, timesteps, progress, step_callback)
     respaced = process.respace(sorted(timesteps))

@@ -19,9 +19,20 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointMismatchError, atomic_write, load_state_dict_strict
-from .dit import DiT, dit_config, sincos_2d
+from .attention import Attention
+from .dit import DiT, DiTConfig, dit_config, sincos_2d
 
 VAE_STRIDE = 8  # SD VAE: image side / latent side
+
+
+def empty_dit(cfg: DiTConfig) -> DiT:
+    """A CPU DiT with uninitialised weights (skips the random init of weights about to be loaded) and the exact
+    sin-cos position table."""
+    with torch.device("meta"):
+        model = DiT(cfg)
+    model.to_empty(device="cpu")
+    model.pos_embed.data.copy_(torch.from_numpy(sincos_2d(cfg.hidden_size, *model.grid)).float().unsqueeze(0))
+    return model
 
 
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -42,9 +53,11 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if found:
             raise ValueError(f"{path} contains a pickled {found.group(1)} object, not only weights; ditkit refuses "
                              f"to unpickle it (that could run arbitrary code). If you trust the file, extract the "
-                             f"weights once: torch.save(torch.load(path, weights_only=False)['ema'], 'ema.pt')") from None
+                             f"weights once, e.g. torch.save(torch.load(path, weights_only=False)['ema'], "
+                             f"'ema.pt')") from None
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); the file is corrupt or truncated: download it again") from None
+                         f"{str(e).splitlines()[0][:200]}); the file is corrupt or truncated: download it "
+                         f"again") from None
     if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
         obj = obj["ema"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -87,11 +100,7 @@ def load_official_checkpoint(path: str | Path, model_name: str = "DiT-XL/2", ima
     state_dict = read_official_state_dict(path)
     patch = dit_config(model_name).patch_size
     latent = _latent_size(state_dict, patch, image_size, str(path))
-    cfg = dit_config(model_name, input_size=latent, num_classes=num_classes, learn_sigma=learn_sigma)
-    with torch.device("meta"):
-        model = DiT(cfg)            # no random init: every tensor is overwritten below
-    model.to_empty(device="cpu")
-    model.pos_embed.data.copy_(torch.from_numpy(sincos_2d(cfg.hidden_size, *model.grid)).float().unsqueeze(0))
+    model = empty_dit(dit_config(model_name, input_size=latent, num_classes=num_classes, learn_sigma=learn_sigma))
     load_state_dict_strict(model, state_dict, str(path), optional=("pos_embed",))
     return model.eval()
 
@@ -102,6 +111,8 @@ def save_official(model: DiT, path: str | Path) -> Path:
     H, W = cfg.image_hw
     if H != W:
         raise ValueError(f"the original DiT only supports square inputs; this model's input is {H}x{W}")
+    if any(type(block.attn) is not Attention for block in model.blocks):
+        raise ValueError("the original DiT only has softmax attention; this model has another attention type")
     if cfg.freq_shift != 0:
         raise ValueError(f"this model uses freq_shift={cfg.freq_shift} (diffusers' timestep embedding); the original "
                          f"DiT code uses 0 and would compute different outputs. Convert it with freq_shift=0 only if "
