@@ -8,7 +8,10 @@ import numpy as np
 
 def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0):
     """Flags shared by generate, eval and bench (DiT names; diffusers names as aliases)."""
-    p.add_argument("--model", default="mnist-dit", help="bundled model name, .safetensors file or results folder")
+    p.add_argument("--model", default="mnist-dit",
+                   help="bundled model name, .safetensors file, results folder, or an official DiT .pt checkpoint")
+    p.add_argument("--model-name", default="DiT-XL/2", help="architecture of an official .pt checkpoint")
+    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent models, e.g. sd-vae-ft-ema)")
     p.add_argument("--num-sampling-steps", "--num-inference-steps", dest="num_sampling_steps", type=int,
                    default=default_steps)
     p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++2m (DDPM models); euler | heun (flow models)")
@@ -29,12 +32,16 @@ def sampling_kwargs(args) -> dict:
                 guide_channels=3 if args.dit_cfg else None, batch_size=args.batch_size)
 
 
+def load_pipeline(args):
+    from .pipeline import DiTPipeline
+    return DiTPipeline.from_pretrained(args.model, args.device, autoencoder=args.vae, model_name=args.model_name)
+
+
 def run(args):
     import os
 
-    from .pipeline import load
     from .visual import save_grid
-    pipe = load(args.model, args.device)
+    pipe = load_pipeline(args)
     base = args.class_labels or list(range(pipe.num_classes))
     n = args.num_samples or (len(args.class_labels) if args.class_labels else 40)
     labels = [base[i % len(base)] for i in range(n)]
