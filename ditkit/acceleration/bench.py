@@ -1,0 +1,272 @@
+"""``ditkit bench``: speed and quality of acceleration recipes, side by side, measured in one run.
+
+For every recipe, on the same labels, seeds, sampler and CFG: an untimed pass counts transformer block evaluations
+exactly (:class:`BlockCounter`), FLOPs (``torch.utils.flop_counter``) and the peak of newly allocated tensor memory
+(profiler allocation events), and keeps the images; then ``--repeats`` timed rounds run every recipe once per round
+(rotated order, so machine noise hits all alike) and the median wall time is reported. Quality is measured against
+the ``none`` images: PSNR and SSIM per sample (mean; identical samples count as 100 dB), and for MNIST-shaped models
+``class_accuracy`` and ``frechet_distance`` (Fréchet distance on ditkit's MNIST-classifier features, not FID).
+TeaCache / MagCache entries without a calibration file are calibrated first, in the same run, on
+``--calibration-prompts`` samples with seeds disjoint from the benchmark's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .calibrate import calibrate, save_calibration
+from .counting import BlockCounter
+from .registry import Recipe, parse_recipe
+
+STANDARD_SUITE = [
+    "none",
+    "fora:interval=1",                                  # never skips: the per-step overhead of the hooks
+    "fora", "fora:interval=5",
+    "firstblockcache", "firstblockcache:threshold=0.2",
+    "teacache", "teacache:threshold=0.3",
+    "magcache", "magcache:threshold=0.24,max_skips=6",
+    "taylorseer", "taylorseer:interval=6,order=2",
+    "toca", "toca:interval=5",
+    "delta_dit", "delta_dit:interval=5",
+]
+CALIBRATED = {"teacache": "coefficients", "magcache": "ratios"}
+PSNR_CAP = 100.0
+
+
+def split_recipes(text: str) -> list[str]:
+    """'none,fora:interval=3,magcache:threshold=0.2,max_skips=4' -> ['none', 'fora:interval=3',
+    'magcache:threshold=0.2,max_skips=4']: a comma item 'key=value' continues the previous recipe's parameters."""
+    out: list[str] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" in item and ":" not in item and "+" not in item.split("=")[0] and out:
+            out[-1] += "," + item
+        else:
+            out.append(item)
+    return out
+
+
+@dataclass
+class Entry:
+    """One row: ``run(labels, **sampling) -> images`` with ``counter()`` a block-counting context."""
+    recipe: str
+    impl: str
+    run: Callable
+    counter: Callable
+    row: dict = field(default_factory=dict)
+    times: list = field(default_factory=list)
+
+
+def ditkit_entry(pipe, spec, display: str) -> Entry:
+    recipe = Recipe(spec)
+
+    def run(labels, **kw):
+        pipe.set_recipe(recipe)
+        try:
+            return pipe(labels, **kw)
+        finally:
+            pipe.set_recipe(None)
+    return Entry(display, "ditkit", run, lambda: BlockCounter(pipe.model))
+
+
+def with_calibration(specs: list[str], pipe, sampling: dict, num_prompts: int, seed: int, out_dir: Path):
+    """Fill in missing TeaCache / MagCache calibration files; returns [(spec for Recipe, display string)]."""
+    files, out = {}, []
+    for spec in specs:
+        parts, shown = [], []
+        for name, params in parse_recipe(spec):
+            if name in CALIBRATED and CALIBRATED[name] not in params:
+                if name not in files:
+                    t0 = time.perf_counter()
+                    cal = calibrate(pipe, name, num_prompts, seed, **sampling)
+                    files[name] = save_calibration(cal, out_dir / f"calibration-{name}.json")
+                    print(f"calibrated {name} on {num_prompts} samples (seeds {seed}..) in "
+                          f"{time.perf_counter() - t0:.1f} s: fit {json.dumps(cal['fit'])[:160]} -> {files[name]}")
+                params = {**params, CALIBRATED[name]: str(files[name])}
+            parts.append({"name": name, **params})
+            visible = [f"{k}={v}" for k, v in params.items() if k != CALIBRATED.get(name)]
+            shown.append(name + (":" + ",".join(visible) if visible else ""))
+        out.append((parts or "none", "+".join(shown) or "none"))
+    return out
+
+
+def peak_tensor_memory(fn):
+    """Run fn(); returns (result, peak bytes of tensors allocated during the call and alive at the same time)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return result, peak
+
+
+def measure(entry: Entry, labels, sampling: dict) -> torch.Tensor:
+    """Untimed pass: block count, FLOPs, peak memory; returns the images."""
+    from torch.utils.flop_counter import FlopCounterMode
+    flops = FlopCounterMode(display=False)
+    with entry.counter() as counter, flops:
+        images, peak = peak_tensor_memory(lambda: entry.run(labels, **sampling))
+    entry.row.update(blocks=counter.blocks, flops=flops.get_total_flops(), peak_memory_mb=peak / 2 ** 20)
+    return images
+
+
+def quality(images: torch.Tensor, reference: torch.Tensor, labels, mnist: bool) -> dict:
+    from ..evaluation.metrics import psnr, ssim
+    p = psnr(images, reference).clamp(max=PSNR_CAP)
+    row = {"psnr": None if bool((p >= PSNR_CAP).all()) else p.mean().item(), "ssim": ssim(images, reference).mean().item()}
+    if mnist:
+        from ..evaluation.evaluate import classifier_metrics
+        m = classifier_metrics(images, labels)
+        row.update(class_accuracy=m["class_accuracy"], frechet_distance=m["frechet_distance"])
+    else:
+        row.update(class_accuracy=None, frechet_distance=None)
+    return row
+
+
+def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist: bool, log=print) -> list[dict]:
+    """Measure every entry (entries[0] is the full-compute reference); returns the JSON rows."""
+    images = []
+    for e in entries:
+        t0 = time.perf_counter()
+        images.append(measure(e, labels, sampling))
+        log(f"  measured {e.impl} {e.recipe} ({time.perf_counter() - t0:.1f} s)")
+    for r in range(repeats):
+        for i in range(len(entries)):
+            e = entries[(i + r) % len(entries)]
+            t0 = time.perf_counter()
+            e.run(labels, **sampling)
+            e.times.append(time.perf_counter() - t0)
+        log(f"  round {r + 1}/{repeats} done")
+    base = entries[0]
+    base_time = statistics.median(base.times)
+    rows = []
+    for e, img in zip(entries, images):
+        sec = statistics.median(e.times)
+        rows.append({"recipe": e.recipe, "impl": e.impl, "speedup": base_time / sec,
+                     "compute_ratio": base.row["blocks"] / max(e.row["blocks"], 1e-9),
+                     **quality(img, images[0], labels, mnist), "seconds": sec, "seconds_all": e.times,
+                     "flops_ratio": base.row["flops"] / max(e.row["flops"], 1), **e.row})
+    return rows
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| recipe | impl | speedup | compute ratio | blocks | GFLOPs | peak MB | seconds | PSNR dB | SSIM "
+            "| class acc % | Fréchet dist. |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| `{r['recipe']}` | {r['impl']} | {r['speedup']:.2f}x | {r['compute_ratio']:.2f}x | "
+                     f"{r['blocks']:.0f} | {r['flops'] / 1e9:.1f} | {r['peak_memory_mb']:.1f} | {r['seconds']:.2f} | "
+                     f"{_fmt(r['psnr'], '.2f', 'identical')} | {r['ssim']:.4f} | "
+                     f"{_fmt(r['class_accuracy'] and 100 * r['class_accuracy'], '.1f')} | "
+                     f"{_fmt(r['frechet_distance'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for impl, marker in (("ditkit", "o"), ("diffusers", "s")):
+        pts = sorted((r["speedup"], r["psnr"], r["recipe"]) for r in rows if r["impl"] == impl and r["psnr"] is not None)
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=impl, zorder=3)
+        for x, y, name in pts:
+            ax.annotate(name.split(":coefficients")[0], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front, best = [], -math.inf
+        for x, y, _ in sorted(pts, reverse=True):
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.plot(*zip(*sorted(front)), linestyle="--", linewidth=1, zorder=2)
+    ax.axhline(30, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("wall-clock speed-up vs none (median)")
+    ax.set_ylabel("PSNR vs full compute (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def machine() -> dict:
+    import os
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+
+
+def run(args):
+    import sys
+
+    from ..generate import sampling_kwargs
+    from ..pipeline import load
+    torch.set_num_threads(args.threads)
+    pipe = load(args.model, args.device)
+    sampling = sampling_kwargs(args)
+    seed = sampling.pop("seed")
+    labels = [i % pipe.num_classes for i in range(args.num_samples)]
+    specs = split_recipes(args.recipes) if args.recipes else list(STANDARD_SUITE)
+    specs = ["none"] + [s for s in specs if s.strip().lower() != "none"]
+    out_dir = Path(args.json).parent if args.json else Path("out")
+    resolved = with_calibration(specs, pipe, sampling, args.calibration_prompts, args.calibration_seed, out_dir)
+    entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
+    if args.peers:
+        if args.peers != "diffusers":
+            raise ValueError(f"unknown peer {args.peers!r}; valid: diffusers")
+        from .peers import diffusers_entries
+        entries += diffusers_entries(pipe, sampling, args.calibration_prompts, args.calibration_seed, seed)
+    C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
+    mnist = (C, H, W, pipe.num_classes) == (1, 32, 32, 10)
+    sampling["seed"] = seed
+    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds, {args.num_samples} samples, "
+          f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
+    rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr))
+    print(markdown_table(rows))
+    settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
+                "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
+                **sampling, "command": "ditkit bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        title = (f"{args.model}: {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, "
+                 f"{args.num_samples} samples")
+        print(f"wrote {pareto_plot(rows, args.plot, title)}")
+
+
+def register(sub):
+    from ..generate import add_sampling_args
+    p = sub.add_parser("bench", help="speed x quality of acceleration recipes (and diffusers' caches) in one run")
+    add_sampling_args(p)
+    p.add_argument("--recipes", help="comma-separated recipes (default: the standard suite, every method at its paper "
+                                     "default and a faster setting)")
+    p.add_argument("--num-samples", type=int, default=100, help="images per recipe (labels cycle over the classes)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = the least noisy on a shared machine)")
+    p.add_argument("--peers", help="also run a peer library's caches on the same weights: diffusers")
+    p.add_argument("--calibration-prompts", type=int, default=10, help="samples for TeaCache / MagCache calibration")
+    p.add_argument("--calibration-seed", type=int, default=1000, help="first calibration seed (disjoint from --seed)")
+    p.add_argument("--json", help="write the rows (and settings, machine) to this JSON file")
+    p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this PNG")
+    p.set_defaults(fn=run)
