@@ -80,15 +80,21 @@ def fit_teacache(rec: Recorder) -> dict:
                     "x_range": [float(x.min()), float(x.max())]}}
 
 
+def ascending_curve(curve: dict) -> tuple[list, list]:
+    """{"t": [...], "magnitude": [...]} in sampling order -> (t ascending, magnitudes), for np.interp."""
+    ts, ms = zip(*sorted(zip(curve["t"], curve["magnitude"])))
+    return list(ts), list(ms)
+
+
 def fit_magcache(rec: Recorder) -> dict:
     curves = {}
     for (branch, t), ms in rec.mags.items():               # sampling order
         curve = curves.setdefault(branch, {"t": [], "magnitude": []})
         curve["t"].append(t)
         curve["magnitude"].append(float(np.mean(ms)))
-    err = []
+    err, ascending = [], {b: ascending_curve(c) for b, c in curves.items()}
     for branch, t0, t1, measured in rec.ratios:
-        ts, ms = curves[branch]["t"], curves[branch]["magnitude"]
+        ts, ms = ascending[branch]
         err.append(abs(np.interp(t1, ts, ms) / np.interp(t0, ts, ms) - measured))
     return {"curves": curves, "fit": {"ratio_mae": float(np.mean(err)), "ratio_max_error": float(np.max(err)),
                                       "ratios": len(err)}}
@@ -127,8 +133,7 @@ def load_calibration(path: str | Path, method: str) -> dict:
         raise ValueError(f"{path} is not a {method} calibration (format {cal.get('format')!r}, method "
                          f"{cal.get('method')!r}); make one with `ditkit calibrate --method {method}`")
     if method == "magcache":
-        cal["curves"] = {b: tuple(map(list, zip(*sorted(zip(c["t"], c["magnitude"])))))
-                         for b, c in cal["curves"].items()}
+        cal["curves"] = {b: ascending_curve(c) for b, c in cal["curves"].items()}
     return cal
 
 

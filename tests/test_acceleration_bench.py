@@ -1,0 +1,97 @@
+"""Calibration round trip, the bench harness and its command line, diffusers peers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from acceleration_util import tiny_dit, tiny_pipe
+
+from ditkit import checkpoint as ckpt
+from ditkit.acceleration import Recipe
+from ditkit.acceleration.bench import ditkit_entry, run_bench, split_recipes
+from ditkit.acceleration.calibrate import Recorder, calibrate, fit_teacache, load_calibration, save_calibration
+from ditkit.cli import main
+from ditkit.training.config import TrainConfig
+from ditkit.training.trainer import model_metadata
+
+SAMPLING = dict(num_sampling_steps=6, sampler="ddim", cfg_scale=4.0)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    model = tiny_dit()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    ckpt.save_weights(path, model.state_dict(), model_metadata(TrainConfig(), model, 0))
+    return path
+
+
+def test_teacache_fit_recovers_a_known_polynomial():
+    rec = Recorder()
+    x = np.linspace(0.01, 0.5, 200)
+    truth = [3.0, -2.0, 0.5, 1.5, 0.01]
+    rec.pairs = list(zip(x, np.polyval(truth, x)))
+    fit = fit_teacache(rec)
+    np.testing.assert_allclose(fit["coefficients"], truth, rtol=1e-6, atol=1e-8)
+    assert fit["fit"]["r2"] == pytest.approx(1.0)
+
+
+def test_calibration_round_trip(tmp_path):
+    pipe = tiny_pipe()
+    tea = calibrate(pipe, "teacache", 3, seed=5, **SAMPLING)
+    path = save_calibration(tea, tmp_path / "tea.json")
+    assert load_calibration(path, "teacache")["coefficients"] == tea["coefficients"]
+    assert tea["fit"]["pairs"] == 3 * 2 * (SAMPLING["num_sampling_steps"] - 1)       # samples x branches x steps-1
+    from_file = pipe.set_recipe(f"teacache:coefficients={path},threshold=0.2")([1, 2], **SAMPLING)
+    inline = pipe.set_recipe({"teacache": {"coefficients": tea["coefficients"], "threshold": 0.2}})([1, 2], **SAMPLING)
+    pipe.set_recipe(None)
+    assert torch.equal(from_file, inline)
+    # one calibration sample: the magnitude curve reproduces its measured step ratios exactly
+    mag = calibrate(pipe, "magcache", 1, seed=5, **SAMPLING)
+    assert set(mag["curves"]) == {"cond", "uncond"} and mag["fit"]["ratio_mae"] < 1e-5
+    path = save_calibration(mag, tmp_path / "mag.json")
+    assert Recipe(f"magcache:ratios={path}").methods[0].curves.keys() == {"cond", "uncond"}
+    with pytest.raises(ValueError, match="not a teacache calibration"):
+        Recipe(f"teacache:coefficients={path}")
+
+
+def test_calibrate_command(model_file, tmp_path, capsys):
+    out = tmp_path / "mag.json"
+    main(["calibrate", "--model", str(model_file), "--method", "magcache", "--num-prompts", "2",
+          "--num-sampling-steps", "5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "step ratios" in printed and f"magcache:ratios={out}" in printed
+    assert load_calibration(out, "magcache")["sampling"]["num_sampling_steps"] == 5
+
+
+def test_split_recipes():
+    assert split_recipes("none,fora:interval=3,magcache:threshold=0.2,max_skips=4,teacache+w8a8") == [
+        "none", "fora:interval=3", "magcache:threshold=0.2,max_skips=4", "teacache+w8a8"]
+
+
+def test_run_bench_rows():
+    pipe = tiny_pipe()
+    entries = [ditkit_entry(pipe, s, s) for s in ("none", "fora:interval=1", "fora:interval=2")]
+    rows = run_bench(entries, [1, 2, 3], {**SAMPLING, "seed": 0}, repeats=2, mnist=False, log=lambda m: None)
+    keys = {"recipe", "impl", "speedup", "compute_ratio", "psnr", "ssim", "class_accuracy", "frechet_distance",
+            "seconds"}
+    assert all(keys <= set(r) for r in rows)
+    none, never, half = rows
+    assert none["psnr"] == never["psnr"] == 100 and never["compute_ratio"] == 1.0      # identical images
+    assert half["compute_ratio"] == pytest.approx(6 / 4) and 0 < half["psnr"] < 100   # full steps 0, 1, 3, 5
+    assert half["flops"] < none["flops"] and all(len(r["seconds_all"]) == 2 for r in rows)
+
+
+def test_bench_command_with_diffusers_peers(model_file, tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    main(["bench", "--model", str(model_file), "--recipes", "fora:interval=2,teacache:threshold=0.3",
+          "--peers", "diffusers", "--num-samples", "2", "--num-sampling-steps", "5", "--repeats", "1",
+          "--calibration-prompts", "2", "--json", str(js), "--plot", str(png)])
+    assert "| `fora:interval=2` | ditkit |" in capsys.readouterr().out
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["recipe"] for r in rows[:3]] == ["none", "fora:interval=2", "teacache:threshold=0.3"]
+    peers = {r["recipe"]: r for r in rows if r["impl"] == "diffusers"}
+    assert {"FirstBlockCache", "TaylorSeer", "MagCache", "PyramidAttentionBroadcast"} <= set(peers)
+    # diffusers' default TaylorSeer hooks nothing on DiT: full compute, same function as ditkit's model
+    assert peers["TaylorSeer"]["compute_ratio"] == 1.0 and peers["TaylorSeer"]["psnr"] > 60
+    assert png.stat().st_size > 1000
