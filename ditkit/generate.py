@@ -41,7 +41,7 @@ def run(args):
     import os
 
     from .visual import save_grid
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args).set_recipe(args.recipe)
     base = args.class_labels or list(range(pipe.num_classes))
     n = args.num_samples or (len(args.class_labels) if args.class_labels else 40)
     labels = [base[i % len(base)] for i in range(n)]
@@ -67,4 +67,5 @@ def register(sub):
     g.add_argument("--nrow", type=int, default=None, help="images per grid row (default: number of classes)")
     g.add_argument("--upscale", type=int, default=2, help="nearest-neighbour upscaling of the PNG grid")
     g.add_argument("--npz", help="also save the raw samples, labels and seeds to this .npz")
+    g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1 or fora:interval=3+w8a8")
     g.set_defaults(fn=run)

@@ -133,8 +133,10 @@ def quality(images: torch.Tensor, reference: torch.Tensor, labels, mnist: bool) 
     return row
 
 
-def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist: bool, log=print) -> list[dict]:
-    """Measure every entry (entries[0] is the full-compute reference); returns the JSON rows."""
+def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist: bool, log=print,
+              time_samples: int | None = None) -> list[dict]:
+    """Measure every entry (entries[0] is the full-compute reference); returns the JSON rows. Timed rounds generate
+    the first ``time_samples`` labels (default: all of them)."""
     images = []
     for e in entries:
         t0 = time.perf_counter()
@@ -144,7 +146,7 @@ def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist:
         for i in range(len(entries)):
             e = entries[(i + r) % len(entries)]
             t0 = time.perf_counter()
-            e.run(labels, **sampling)
+            e.run(labels[:time_samples], **sampling)
             e.times.append(time.perf_counter() - t0)
         log(f"  round {r + 1}/{repeats} done")
     base = entries[0]
@@ -218,10 +220,9 @@ def machine() -> dict:
 def run(args):
     import sys
 
-    from ..generate import sampling_kwargs
-    from ..pipeline import load
+    from ..generate import load_pipeline, sampling_kwargs
     torch.set_num_threads(args.threads)
-    pipe = load(args.model, args.device)
+    pipe = load_pipeline(args)
     sampling = sampling_kwargs(args)
     seed = sampling.pop("seed")
     labels = [i % pipe.num_classes for i in range(args.num_samples)]
@@ -238,11 +239,14 @@ def run(args):
     C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
     mnist = (C, H, W, pipe.num_classes) == (1, 32, 32, 10)
     sampling["seed"] = seed
-    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds, {args.num_samples} samples, "
+    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {args.time_samples or args.num_samples}"
+          f" samples (quality on {args.num_samples}), "
           f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
-    rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr))
+    rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr),
+                     time_samples=args.time_samples)
     print(markdown_table(rows))
     settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
+                "time_samples": args.time_samples or args.num_samples,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
                 **sampling, "command": "ditkit bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
     if args.json:
@@ -263,6 +267,8 @@ def register(sub):
                                      "default and a faster setting)")
     p.add_argument("--num-samples", type=int, default=100, help="images per recipe (labels cycle over the classes)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--time-samples", type=int, help="samples per timed generation (default: --num-samples; quality "
+                                                    "and counts always use all of them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = the least noisy on a shared machine)")
     p.add_argument("--peers", help="also run a peer library's caches on the same weights: diffusers")
     p.add_argument("--calibration-prompts", type=int, default=10, help="samples for TeaCache / MagCache calibration")

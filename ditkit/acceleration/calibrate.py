@@ -154,9 +154,8 @@ def summary(cal: dict) -> str:
 
 
 def run(args):
-    from ..generate import sampling_kwargs
-    from ..pipeline import load
-    pipe = load(args.model, args.device)
+    from ..generate import load_pipeline, sampling_kwargs
+    pipe = load_pipeline(args)
     kwargs = sampling_kwargs(args)
     seed = kwargs.pop("seed")
     cal = calibrate(pipe, args.method, args.num_prompts, seed, **kwargs)
