@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "ditkit.generate_video",
     "ditkit.acceleration.calibrate",
     "ditkit.acceleration.bench",
+    "ditkit.acceleration.bench_attention",
+    "ditkit.training.distill_linear",
     "ditkit.evaluation.evaluate",
 ]
 

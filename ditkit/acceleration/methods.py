@@ -2,7 +2,8 @@
 import importlib
 
 BUILTIN_METHOD_MODULES: list[str] = ["fora", "firstblockcache", "teacache", "magcache", "taylorseer", "toca",
-                                     "delta_dit"]
+                                     "delta_dit",
+                                     "svg", "sta", "topk", "fastattn", "linear_attn"]
 
 for _name in BUILTIN_METHOD_MODULES:
     importlib.import_module(f"ditkit.acceleration.{_name}")

@@ -1,12 +1,15 @@
 """The single attention entry point of every ditkit model.
 
-Models never call SDPA directly: they call :func:`attention` with the token layout of the sequence, so that an
-attention backend (sparse, linear, sequence-parallel, ...) can be installed per layer by a recipe without touching
-model code. A backend is any callable ``fn(q, k, v, layout) -> out`` with q, k, v of shape [B, heads, N, head_dim].
+Models never call SDPA directly: they call an :class:`Attention` module with the token layout of the sequence, so
+that an attention backend (sparse, linear, sequence-parallel, ...) can be installed per layer by a recipe without
+touching model code. A backend is any callable ``fn(q, k, v, layout) -> out`` with q, k, v of shape
+[B, heads, N, head_dim]; :class:`HeadSplit` gives different heads of one layer different backends.
+:class:`LinearAttention` is the LiT / SANA linear-attention module that replaces :class:`Attention` in a linear DiT.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +27,48 @@ class TokenLayout:
     def num_tokens(self) -> int:
         return self.frames * self.height * self.width
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.frames, self.height, self.width
+
+
+Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "TokenLayout | None"], torch.Tensor]
+
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
     """Dense softmax attention, the reference backend. q, k, v: [B, heads, N, head_dim]."""
     return F.scaled_dot_product_attention(q, k, v)
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout | None = None,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """ReLU-kernel linear attention (LiT, SANA), O(N d^2): relu(q) (relu(k)^T v) / (relu(q) . sum_j relu(k_j) + eps).
+    q, k, v [B, heads, N, d] -> [B, heads, N, d]; computed in float32."""
+    dtype = v.dtype
+    q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+    kv = k.transpose(-2, -1) @ v                                 # [B, heads, d, d]
+    z = k.sum(dim=-2).unsqueeze(-1)                              # [B, heads, d, 1]
+    return ((q @ kv) / (q @ z + eps)).to(dtype)
+
+
+class HeadSplit:
+    """A backend that runs different backends on different heads: ``groups`` is [(head indices, backend)], covering
+    every head exactly once (``None`` = dense SDPA). Each group is one call on its heads only."""
+
+    def __init__(self, groups: Sequence[tuple[Sequence[int], Backend | None]]):
+        self.groups = [(torch.as_tensor(list(h), dtype=torch.long), fn) for h, fn in groups if len(h)]
+        heads = torch.cat([h for h, _ in self.groups]).sort().values
+        if not torch.equal(heads, torch.arange(len(heads))):
+            raise ValueError(f"HeadSplit groups must cover heads 0..H-1 exactly once, got {heads.tolist()}")
+
+    def __call__(self, q, k, v, layout=None):
+        if len(self.groups) == 1:
+            return (self.groups[0][1] or sdpa)(q, k, v, layout)
+        out = torch.empty_like(q)
+        for heads, fn in self.groups:
+            sel = lambda t: t.index_select(1, heads)
+            out[:, heads] = (fn or sdpa)(sel(q), sel(k), sel(v), layout)
+        return out
 
 
 class Attention(torch.nn.Module):
@@ -46,9 +87,42 @@ class Attention(torch.nn.Module):
         self.proj = torch.nn.Linear(dim, dim)
         self.backend = None
 
-    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+    def qkv_heads(self, x: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, N, D] -> q, k, v, each [B, heads, N, head_dim]; ``rope`` (optional): a rotary position embedding,
+        a callable applied to q and k."""
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                   # each [B, heads, N, head_dim]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return (rope(q), rope(k), v) if rope is not None else (q, k, v)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv_heads(x, rope)
         out = (self.backend or sdpa)(q, k, v, layout)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class LinearAttention(Attention):
+    """LiT linear attention: ReLU-kernel linear attention (usually with fewer heads than the softmax model) plus a
+    depth-wise ``conv x conv`` convolution of V over each frame's token grid, added to the output (zero-initialised,
+    so a student starts as pure linear attention). Keys ``qkv`` / ``proj`` as in :class:`Attention`, plus ``dwconv``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, conv: int = 5, qkv_bias: bool = True):
+        super().__init__(dim, num_heads, qkv_bias)
+        self.backend = linear_attention
+        self.dwconv = torch.nn.Conv2d(dim, dim, conv, padding=conv // 2, groups=dim) if conv else None
+        if self.dwconv is not None:
+            torch.nn.init.zeros_(self.dwconv.weight)
+            torch.nn.init.zeros_(self.dwconv.bias)
+
+    def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv_heads(x, rope)
+        out = self.backend(q, k, v, layout).transpose(1, 2).reshape(B, N, D)
+        if self.dwconv is not None:
+            if layout is None or layout.num_tokens != N:
+                raise ValueError(f"LinearAttention's depth-wise conv needs the token layout of the {N} tokens")
+            F_, H, W = layout.shape
+            grid = v.transpose(1, 2).reshape(B * F_, H, W, D).permute(0, 3, 1, 2)       # [B*F, D, H, W]
+            out = out + self.dwconv(grid).permute(0, 2, 3, 1).reshape(B, N, D)
+        return self.proj(out)

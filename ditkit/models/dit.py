@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attention import Attention, TokenLayout
+from .attention import Attention, LinearAttention, TokenLayout
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -149,6 +149,9 @@ class DiTConfig:
     num_classes: int = 1000
     learn_sigma: bool = True
     freq_shift: float = 0.0                     # 0 = original DiT; 1 = diffusers' port
+    attention: str = "softmax"                  # softmax | linear (LiT: ReLU linear attention + depth-wise conv)
+    linear_heads: int = 0                       # heads of linear attention (0 = num_heads)
+    linear_conv: int = 5                        # depth-wise conv kernel of linear attention (0 = none)
 
     @property
     def out_channels(self) -> int:
@@ -184,6 +187,11 @@ class DiT(nn.Module):
         self.y_embedder = LabelEmbedder(config.num_classes, D, config.class_dropout_prob)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], D), requires_grad=False)
         self.blocks = nn.ModuleList([DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
+        if config.attention == "linear":
+            for block in self.blocks:
+                block.attn = LinearAttention(D, config.linear_heads or config.num_heads, config.linear_conv)
+        elif config.attention != "softmax":
+            raise ValueError(f"unknown attention {config.attention!r}; valid: softmax, linear")
         self.final_layer = FinalLayer(D, p, self.out_channels)
         self.initialize_weights()
 

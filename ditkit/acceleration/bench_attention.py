@@ -1,0 +1,286 @@
+"""``ditkit bench-attention``: the attention backends against dense SDPA, per call and end to end.
+
+Per call, for every token count: milliseconds (median of ``--repeats`` interleaved rounds, every backend once per
+round so machine noise hits all alike), speed-up vs SDPA, density (fraction of query-key pairs computed), the
+efficiency speedup x density (1 = the ideal speed-up 1/density), peak memory of tensors allocated by the call, and
+the relative error ||out - dense|| / ||dense|| on *real* activations: q, k, v of a trained model's attention layer
+(the bundled video DiT's spatial attention, frames stacked into one F x H x W sequence, run on the requested canvas;
+or the image DiT) at a mid-noise step; random tensors otherwise, and the ``activations`` column says which. With
+``linear`` among the backends, the linear-attention crossover length (shortest sequence from which linear attention
+is faster than SDPA) is searched on 64 ... 4096 tokens.
+
+End to end (``--e2e``): a trained video DiT sampled with dense attention and with each recipe, same seeds; wall
+clock speed-up and PSNR / SSIM of the videos vs the dense ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..attention.method import AttentionMethod, softmax_attention_layers
+from ..models.attention import TokenLayout, sdpa
+from .bench import peak_tensor_memory, split_recipes
+from .registry import REGISTRY, Recipe, _load_builtin_methods, build_method, parse_recipe
+
+VIDEO_MODEL, IMAGE_MODEL = "moving-mnist-vdt", "mnist-dit"
+
+
+def attention_backends() -> list[str]:
+    """Names of the registered attention methods."""
+    _load_builtin_methods()
+    return sorted(n for n, cls in REGISTRY.items() if issubclass(cls, AttentionMethod))
+
+
+def parse_layout(spec: str, tokens: int) -> TokenLayout:
+    """'16x32x32' (must hold ``tokens``), or 'F' / 'FxHxW' with letters: F frames of square frames of tokens/F."""
+    parts = spec.lower().split("x")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        layout = TokenLayout(*map(int, parts))
+        if layout.num_tokens == tokens:
+            return layout
+    frames = int(parts[0])
+    side = math.isqrt(tokens // frames)
+    if frames * side * side != tokens:
+        raise ValueError(f"{tokens} tokens are not {frames} square frames; give --layout FxHxW exactly")
+    return TokenLayout(frames, side, side)
+
+
+def interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds per call; each round runs every function once, in rotated order."""
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def model_on_canvas(name: str, layout: TokenLayout):
+    """A trained model (bundled name or file) rebuilt for ``layout`` (frames x token grid; pos_embed recomputed for
+    the canvas); returns (model, 'video' | 'image'), or None if there is no such model."""
+    from .. import checkpoint as ckpt
+    from ..pipeline import resolve_model_path
+    try:
+        path = resolve_model_path(name)
+    except FileNotFoundError:
+        return None
+    cfg = dict(ckpt.read_metadata(path)["dit_config"])
+    p = cfg["patch_size"]
+    cfg["input_size"] = [layout.height * p, layout.width * p]
+    if "num_frames" in cfg:
+        from ..models.video_dit import VideoDiT, VideoDiTConfig
+        cfg["num_frames"] = layout.frames * cfg.get("tubelet", 1)
+        model, kind = VideoDiT(VideoDiTConfig(**cfg)), "video"
+    else:
+        from ..models.dit import DiT, DiTConfig
+        model, kind = DiT(DiTConfig(**cfg)), "image"
+    ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
+    return model.eval(), kind
+
+
+@torch.no_grad()
+def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), timesteps=(500, 480), seed: int = 0):
+    """([(q, k, v) per timestep], label): q, k, v [1, heads, N, d] of the middle spatial-attention layer of the first
+    available trained model of ``models`` on ``layout`` at each of ``timesteps`` (DDPM steps; input = real held-out
+    digits at random places, noised); None if no model is available."""
+    for name in models:
+        built = model_on_canvas(name, layout)
+        if built is not None:
+            break
+    else:
+        return None
+    model, kind = built
+    attn = model.blocks[len(model.blocks) // 2].attn
+    F, C = layout.frames, model.in_channels
+    H, W = model.config.image_hw
+    g = torch.Generator().manual_seed(seed)
+    from ..data.images import load_image_data
+    digits = load_image_data("mnist", 32, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
+    canvas = torch.full((F, C, H, W), -1.0)
+    ys, xs = torch.randint(0, H - 31, (F,), generator=g), torch.randint(0, W - 31, (F,), generator=g)
+    for i in range(F):                                            # one real digit per frame, random place
+        canvas[i, :, ys[i]:ys[i] + 32, xs[i]:xs[i] + 32] = digits[i]
+    noise = torch.randn(canvas.shape, generator=g)
+    from ..diffusion.gaussian import GaussianDiffusion
+    process = GaussianDiffusion.from_config("linear", 1000, False)
+    captured = []
+    attn.backend = lambda q, k, v, lay: captured.append((q, k, v)) or sdpa(q, k, v)
+    try:
+        for t in timesteps:
+            tt = torch.full((F,), t)
+            x = process.q_sample(canvas, tt, noise)
+            if kind == "video":                                   # frames of one clip: [1, C, F, H, W]
+                model(x.transpose(0, 1)[None], tt[:1], torch.tensor([model.config.num_classes]))
+            else:                                                 # F images = F frames
+                model(x, tt, torch.full((F,), model.config.num_classes))
+    finally:
+        attn.backend = None
+    calls = [c for c in captured if c[0].shape[2] == layout.height * layout.width]
+    stack = lambda t: t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])   # [F, h, S, d] -> [1, h, F*S, d]
+    acts = [tuple(stack(t) for t in c) for c in calls]
+    label = (f"real: {name} layer {len(model.blocks) // 2} spatial attention, {F} frame(s) of a "
+             f"{layout.height}x{layout.width} token canvas, t={timesteps[0]}" + (", frames stacked" if F > 1 else ""))
+    return acts, label
+
+
+def bench_tokens(tokens: int, layout: TokenLayout, heads: int, head_dim: int, backends: list[str], repeats: int,
+                 real=None, seed: int = 0, log=print) -> list[dict]:
+    """One row per backend (SDPA first) at one sequence length."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=g) for _ in range(3))
+    methods = {spec: build_method(*parse_recipe(spec)[0]) for spec in backends}
+    for spec, m in methods.items():
+        if spec.startswith("fastattn"):
+            m.prime("bench", q, k, v, layout)
+    fns = {"sdpa": lambda: sdpa(q, k, v)}
+    fns.update({spec: (lambda m=m: m.kernel(q, k, v, layout)) for spec, m in methods.items()})
+    for f in fns.values():                                        # warm-up
+        f()
+    ms = interleaved_ms(fns, repeats)
+    if real is not None:
+        (rq, rk, rv), (pq, pk, pv) = real[0][-1], real[0][0]      # current step; fastattn's residual from the step before
+        err_src = real[1]
+    else:
+        (rq, rk, rv), (pq, pk, pv), err_src = (q, k, v), (q, k, v), "random (no trained model bundled)"
+    ref = sdpa(rq, rk, rv)
+    rows = []
+    for spec in ["sdpa", *methods]:
+        m = methods.get(spec)
+        if m is None:
+            out, density = ref, 1.0
+        else:
+            if spec.startswith("fastattn"):
+                m.prime("real", pq, pk, pv, layout)
+                out = m.kernel(rq, rk, rv, layout, "real")
+            else:
+                out = m.kernel(rq, rk, rv, layout)
+            density = m.layout_density(layout)
+        _, peak = peak_tensor_memory(fns[spec])
+        err = float((out - ref).norm() / ref.norm())
+        if real is None and spec.startswith("fastattn"):
+            err = None                                            # residual from the same tensors: 0 by construction
+        row = {"backend": spec, "tokens": tokens, "layout": "x".join(map(str, layout.shape)), "heads": heads,
+               "head_dim": head_dim, "density": round(density, 4), "ms": round(ms[spec], 2),
+               "speedup": round(ms["sdpa"] / ms[spec], 3), "efficiency": round(ms["sdpa"] / ms[spec] * density, 3),
+               "rel_error": err, "activations": err_src,
+               "peak_memory_mb": round(peak / 2 ** 20, 1)}
+        rows.append(row)
+        log(f"  {spec:28s} {row['ms']:9.1f} ms  x{row['speedup']:6.2f}  density {row['density']:.3f}  "
+            f"err {_fmt(err)}  peak {row['peak_memory_mb']:.0f} MiB")
+    return rows
+
+
+def linear_crossover(heads: int, head_dim: int, repeats: int, lengths=(64, 128, 256, 512, 1024, 2048, 4096)) -> dict:
+    """ms of SDPA and linear attention per length; crossover = shortest length from which linear is always faster."""
+    from ..models.attention import linear_attention
+    table = []
+    for n in lengths:
+        q, k, v = (torch.randn(1, heads, n, head_dim) for _ in range(3))
+        ms = interleaved_ms({"sdpa": lambda: sdpa(q, k, v), "linear": lambda: linear_attention(q, k, v)}, repeats)
+        table.append({"tokens": n, "sdpa_ms": round(ms["sdpa"], 3), "linear_ms": round(ms["linear"], 3)})
+    faster = [r["linear_ms"] < r["sdpa_ms"] for r in table]
+    cross = next((r["tokens"] for i, r in enumerate(table) if all(faster[i:])), None)
+    return {"crossover_tokens": cross, "table": table}
+
+
+def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: int, cfg_scale: float,
+               log=print) -> list[dict]:
+    """Sample the bundled video DiT on a ``canvas`` x ``canvas`` x ``frames`` video, dense and with each recipe
+    (same seed and noise); wall clock and PSNR / SSIM vs dense."""
+    from ..evaluation.metrics import psnr, ssim
+    from ..video_pipeline import VideoPipeline, load_video_dit
+    model, meta = load_video_dit(VIDEO_MODEL)
+    p = model.config.patch_size
+    layout = TokenLayout(frames, canvas // p, canvas // p)
+    model, _ = model_on_canvas(VIDEO_MODEL, layout)
+    pipe = VideoPipeline.from_pretrained(VIDEO_MODEL)
+    pipe.model = model
+    labels = torch.tensor([[3] * frames])
+    rows, ref = [], None
+    for spec in ["none", *recipes]:
+        pipe.set_recipe(None if spec == "none" else spec)
+        t0 = time.perf_counter()
+        video = pipe(labels=labels, num_sampling_steps=steps, cfg_scale=cfg_scale, seed=seed)
+        sec = time.perf_counter() - t0
+        ref = video if ref is None else ref
+        row = {"recipe": spec, "seconds": round(sec, 2), "speedup": round(rows[0]["seconds"] / sec, 3) if rows else 1.0,
+               "psnr": min(float(psnr(video, ref).mean()), 100.0), "ssim": float(ssim(video, ref).mean()),
+               "tokens_per_frame": layout.height * layout.width, "frames": frames}
+        rows.append(row)
+        log(f"  e2e {spec:28s} {sec:8.1f} s  x{row['speedup']:.2f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}")
+    pipe.set_recipe(None)
+    return rows
+
+
+def _fmt(x, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| backend | tokens | layout | density | ms | speed-up | ideal | efficiency | rel. error | peak MiB |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['tokens']} | {r['layout']} | {r['density']:.3f} | {r['ms']:.1f} | "
+                     f"{r['speedup']:.2f} | {1 / r['density']:.2f} | {r['efficiency']:.2f} | {_fmt(r['rel_error'])} | "
+                     f"{r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def run(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = split_recipes(args.backends) if args.backends else attention_backends()
+    backends = [b for b in backends if b != "sdpa"]
+    log = lambda m: print(m, file=sys.stderr)
+    rows = []
+    for n in (int(t) for t in args.tokens.split(",")):
+        layout = parse_layout(args.layout, n)
+        real = None if args.random else capture_activations(layout)
+        log(f"{n} tokens, layout {layout.shape}, {args.heads} heads x {args.head_dim}; errors on "
+            f"{real[1] if real else 'random tensors'}")
+        rows += bench_tokens(n, layout, args.heads, args.head_dim, backends, args.repeats, real, log=log)
+    print(markdown(rows))
+    result = {"command": "ditkit " + " ".join(sys.argv[1:]), "threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows}
+    if any(b.split(":")[0] == "linear" for b in backends):
+        result["linear_crossover"] = linear_crossover(args.heads, args.head_dim, args.repeats)
+        print(f"linear attention crossover: {result['linear_crossover']['crossover_tokens']} tokens")
+    if args.e2e:
+        recipes = split_recipes(args.e2e_recipes) if args.e2e_recipes else [b for b in backends if b != "linear"]
+        result["end_to_end"] = end_to_end(recipes, args.e2e_canvas, args.e2e_frames, args.e2e_steps, args.seed,
+                                          args.e2e_cfg, log)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def register(sub):
+    p = sub.add_parser("bench-attention", help="attention backends vs dense SDPA: ms, speed-up, density, error, memory")
+    p.add_argument("--tokens", default="1024,4096,16384", help="comma-separated sequence lengths")
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--layout", default="16", help="FxHxW, or F (square frames of tokens/F) [default: 16 frames]")
+    p.add_argument("--backends", help="comma-separated backends with parameters, e.g. 'svg,sta:window=2x2x2' "
+                                      "(default: every registered backend at its defaults)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--random", action="store_true", help="measure errors on random tensors, not real activations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--e2e", action="store_true", help="also sample the bundled video DiT dense vs each recipe")
+    p.add_argument("--e2e-recipes", help="recipes for --e2e (default: the sparse backends)")
+    p.add_argument("--e2e-canvas", type=int, default=256, help="video side in pixels (the model trained on 32)")
+    p.add_argument("--e2e-frames", type=int, default=8)
+    p.add_argument("--e2e-steps", type=int, default=20)
+    p.add_argument("--e2e-cfg", type=float, default=1.0)
+    p.add_argument("--json", help="write rows (+ crossover, end to end) to this JSON file")
+    p.set_defaults(fn=run)

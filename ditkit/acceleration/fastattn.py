@@ -1,0 +1,69 @@
+"""DiTFastAttn-style window attention with residual sharing (WA-RS; Yuan et al., NeurIPS 2024), training-free.
+
+On a *full* step a layer computes full attention O and its local-window attention W and stores R = O - W; on the
+following steps it computes only the window attention and outputs W + R, R reused from the last full step. The
+window is a sliding tile window (1D/2D/3D, as :mod:`ditkit.acceleration.sta`). Full steps are the first
+``warmup`` steps and then every ``refresh``-th step (DiTFastAttn chooses them per layer by calibration; a fixed
+schedule here). Residuals are kept per (layer, CFG branch) and dropped at every reset; a shape change forces a
+full step.
+
+    pipe.set_recipe("fastattn:density=0.25,refresh=4")
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..attention.method import AttentionMethod, parse_triples
+from ..models.attention import TokenLayout, sdpa
+from .registry import register
+from .sta import sliding_tile_attention, sta_density
+
+
+@register
+@dataclasses.dataclass
+class WindowResidualAttention(AttentionMethod):
+    name = "fastattn"
+    tile: str = "auto"
+    window: str = "auto"
+    density: float = 0.25
+    warmup: int = 1
+    refresh: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.residuals = {}
+
+    def reset(self, num_steps: int) -> None:
+        super().reset(num_steps)
+        self.residuals = {}
+
+    def window_attention(self, q, k, v, layout):
+        return sliding_tile_attention(q, k, v, layout, parse_triples(self.tile, [None])[0], parse_triples(self.window),
+                                      self.density)
+
+    def full_step(self) -> bool:
+        return self.step < self.warmup or (self.step - self.warmup) % self.refresh == 0
+
+    def prime(self, key, q, k, v, layout):
+        """Full attention; stores the residual under ``key`` and returns the full output."""
+        full = sdpa(q, k, v)
+        self.residuals[key] = full - self.window_attention(q, k, v, layout)
+        return full
+
+    def kernel(self, q, k, v, layout, key="bench"):
+        """Window attention plus the stored residual (a WA-RS step)."""
+        return self.window_attention(q, k, v, layout) + self.residuals[key]
+
+    def layout_density(self, layout: TokenLayout) -> float:
+        return sta_density(layout, parse_triples(self.tile, [None])[0], parse_triples(self.window), self.density)
+
+    def make_backend(self, layer: int, num_layers: int):
+        def backend(q, k, v, layout):
+            if q.shape[2] < self.min_tokens:
+                return sdpa(q, k, v)
+            key = (layer, self.branch)
+            r = self.residuals.get(key)
+            if self.full_step() or r is None or r.shape != q.shape:
+                return self.prime(key, q, k, v, layout)
+            return self.kernel(q, k, v, layout, key)
+        return backend

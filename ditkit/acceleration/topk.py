@@ -1,0 +1,62 @@
+"""Block-sparse top-k attention (the critical-block selection of SLA / AdaSpa-style estimation), training-free.
+
+Tokens are grouped into (tf, th, tw) tiles (spatially coherent blocks). Block scores are estimated from pooled
+queries and keys, S = mean_tile(q) . mean_tile(k - mean(k)) (SLA centres the keys); each query tile keeps the
+``density`` fraction of key tiles with the highest scores (at least its own tile), per sample and head, and
+attends exactly to them (block-sparse 4-D SDPA on gathered tiles).
+
+    pipe.set_recipe("topk:density=0.25")
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..attention.blocksparse import block_sparse_attention
+from ..attention.layout import auto_tile, from_tiles, tile_grid, to_tiles
+from ..attention.method import AttentionMethod, dense_fraction, parse_triples
+from ..models.attention import TokenLayout
+from .registry import register
+
+
+def topk_blocks(qt: torch.Tensor, kt: torch.Tensor, block: int, keep: int) -> torch.Tensor:
+    """qt, kt [B, h, N, d] in block order -> [B, h, nb, keep] key blocks with the highest pooled scores, the
+    diagonal block always included."""
+    B, H, N, D = qt.shape
+    nb = N // block
+    qp = qt.reshape(B, H, nb, block, D).mean(3)
+    kp = (kt - kt.mean(2, keepdim=True)).reshape(B, H, nb, block, D).mean(3)
+    scores = qp @ kp.transpose(-2, -1)                                               # [B, h, nb, nb]
+    scores.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    return scores.topk(min(keep, nb), dim=-1).indices.sort(dim=-1).values
+
+
+def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: float = 0.25) -> torch.Tensor:
+    """q, k, v [B, h, N, d] frame-major -> [B, h, N, d]."""
+    layout = layout or TokenLayout(1, 1, q.shape[2])
+    tile = auto_tile(layout, tile)
+    nb, T = math.prod(tile_grid(layout, tile)), math.prod(tile)
+    qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
+    idx = topk_blocks(qt, kt, T, max(1, round(density * nb)))
+    return from_tiles(block_sparse_attention(qt, kt, vt, idx, T), layout, tile)
+
+
+@register
+@dataclasses.dataclass
+class TopKAttention(AttentionMethod):
+    name = "topk"
+    density: float = 0.25
+    tile: str = "auto"
+    dense_steps: float = 0.0
+
+    def kernel(self, q, k, v, layout):
+        return topk_attention(q, k, v, layout, parse_triples(self.tile, [None])[0], self.density)
+
+    def layout_density(self, layout: TokenLayout) -> float:
+        nb = math.prod(tile_grid(layout, auto_tile(layout, parse_triples(self.tile, [None])[0])))
+        return max(1, round(self.density * nb)) / nb
+
+    def dense(self, layer: int, num_layers: int) -> bool:
+        return dense_fraction(self.step, self.num_steps, self.dense_steps)

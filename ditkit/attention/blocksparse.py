@@ -1,0 +1,92 @@
+"""Block-sparse softmax attention as dense 4-D SDPA calls on gathered key/value blocks, and the block patterns the
+sparse backends use (bands in 1D, sliding windows over a 3D tile grid).
+
+Measured on CPU (docs/benchmarks_attention.md): one gathered 5-D SDPA call falls back to the math kernel, so the
+kernel folds (heads x query blocks) into SDPA's head dimension and keeps every call 4-D; query blocks are
+processed in chunks so the gathered keys/values never exceed ``max_temp_mb`` (small temporaries are also
+reused by the allocator instead of being page-faulted in anew on every call).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, block: int,
+                           max_temp_mb: float = 16) -> torch.Tensor:
+    """q, k, v [B, h, N, d] in block order (N = nb * block); idx long [B or 1, h or 1, nb, K]: the K key blocks each
+    query block attends to (exact softmax over their K * block keys). Returns [B, h, N, d]."""
+    B, H, N, D = q.shape
+    nb, K = N // block, idx.shape[-1]
+    if nb * block != N:
+        raise ValueError(f"sequence length {N} is not a multiple of the block size {block}")
+    qb, kb, vb = (t.reshape(B, H, nb, block, D) for t in (q, k, v))
+    if K == 1 and idx.shape[:2] == (1, 1) and torch.equal(idx.view(-1), torch.arange(nb, device=idx.device)):
+        return F.scaled_dot_product_attention(*(t.reshape(B, H * nb, block, D) for t in (qb, kb, vb))).view(B, H, N, D)
+    shared = idx.shape[:2] == (1, 1)
+    if shared:                                                      # one pattern for all: a plain index_select
+        gather = lambda t, sel: t.index_select(2, sel.reshape(-1))
+    else:
+        bi = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+        hi = torch.arange(H, device=q.device).view(1, H, 1, 1)
+        gather = lambda t, sel: t[bi, hi, sel]
+        idx = idx.expand(B, H, nb, K)
+    chunk = max(1, int(max_temp_mb * 2 ** 20 // (2 * B * H * K * block * D * q.element_size())))
+    outs = []
+    for s in range(0, nb, chunk):
+        sel = idx[:, :, s:s + chunk]
+        c = sel.shape[2]
+        kg, vg = (gather(t, sel).view(B, H * c, K * block, D) for t in (kb, vb))      # gathered [B, h*c, K*block, d]
+        outs.append(F.scaled_dot_product_attention(qb[:, :, s:s + c].reshape(B, H * c, block, D), kg, vg)
+                    .view(B, H, c, block, D))
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).view(B, H, N, D)
+
+
+def band_index(num_blocks: int, width: int, device=None) -> torch.Tensor:
+    """[nb, width]: each block's ``width`` consecutive neighbour blocks, centred and clamped inside the sequence
+    (so every query block computes the same number of keys)."""
+    width = min(width, num_blocks)
+    start = (torch.arange(num_blocks, device=device) - width // 2).clamp(0, num_blocks - width)
+    return start[:, None] + torch.arange(width, device=device)
+
+
+def window_index(grid: tuple[int, int, int], window: tuple[int, int, int], device=None) -> torch.Tensor:
+    """[nt, K] for a tile grid (gf, gh, gw) in raster order: the tiles of the (wf, wh, ww) window around each tile,
+    centre clamped inside the grid (Sliding Tile Attention); K = wf * wh * ww."""
+    window = tuple(min(w, g) for w, g in zip(window, grid))
+    axes = []
+    for g, w in zip(grid, window):
+        start = (torch.arange(g, device=device) - w // 2).clamp(0, g - w)
+        axes.append(start[:, None] + torch.arange(w, device=device))             # [g, w]
+    (gf, gh, gw), (wf, wh, ww) = grid, window
+    f, h, w = axes
+    idx = ((f[:, None, None, :, None, None] * gh + h[None, :, None, None, :, None]) * gw
+           + w[None, None, :, None, None, :])                                    # [gf, gh, gw, wf, wh, ww]
+    return idx.reshape(gf * gh * gw, wf * wh * ww)
+
+
+def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, width: int) -> torch.Tensor:
+    """Attention of each query block to its ``width`` neighbouring key blocks (:func:`band_index`), with nothing
+    gathered: the key/value windows of the interior query blocks are overlapping strided views of k and v, and the
+    clamped edge blocks are two more calls. q, k, v [B, h, N, d] (any strides, last dim contiguous) -> [B, h, N, d]."""
+    B, H, N, D = q.shape
+    nb = N // block
+    K = min(width, nb)
+    if K == nb:
+        return F.scaled_dot_product_attention(q, k, v)
+    head_end = K // 2 + 1                                   # query blocks [0, head_end) see key blocks [0, K)
+    tail_start = max(head_end, nb - K + K // 2)             # query blocks [tail_start, nb) see the last K
+    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    rows = lambda a, b: slice(a * block, b * block)
+    out[:, :, rows(0, head_end)] = F.scaled_dot_product_attention(q[:, :, rows(0, head_end)], k[:, :, rows(0, K)],
+                                                                  v[:, :, rows(0, K)])
+    out[:, :, rows(tail_start, nb)] = F.scaled_dot_product_attention(
+        q[:, :, rows(tail_start, nb)], k[:, :, rows(nb - K, nb)], v[:, :, rows(nb - K, nb)])
+    n = tail_start - head_end
+    if n > 0:
+        for b in range(B):                                  # [h, n, K*block, d] windows sliding by one block
+            win = lambda t: t[b].as_strided((H, n, K * block, D), (t.stride(1), block * t.stride(2), t.stride(2), 1),
+                                            t[b].storage_offset() + (head_end - K // 2) * block * t.stride(2))
+            qi = q[b, :, rows(head_end, tail_start)].unflatten(1, (n, block))
+            out[b, :, rows(head_end, tail_start)] = F.scaled_dot_product_attention(qi, win(k), win(v)).flatten(1, 2)
+    return out

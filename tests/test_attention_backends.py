@@ -1,0 +1,172 @@
+"""Efficient attention backends: exactness at keep-all settings, layout transforms, per-layer/per-head selection."""
+import pytest
+import torch
+
+from ditkit.acceleration.fastattn import WindowResidualAttention
+from ditkit.acceleration.registry import Recipe
+from ditkit.acceleration.sta import auto_window, sliding_tile_attention, sta_density
+from ditkit.acceleration.svg import classify_heads, sparse_videogen
+from ditkit.acceleration.topk import topk_attention
+from ditkit.attention.blocksparse import band_index, block_sparse_attention, window_index
+from ditkit.attention.layout import from_temporal, from_tiles, to_temporal, to_tiles
+from ditkit.attention.method import parse_indices, parse_triples
+from ditkit.models.attention import HeadSplit, TokenLayout, linear_attention, sdpa
+from ditkit.models.dit import DiT, dit_config
+
+LAYOUT = TokenLayout(4, 8, 8)
+
+
+def qkv(B=2, H=3, N=256, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, D, generator=g) for _ in range(3)]
+
+
+def test_layout_transforms_are_exact_inverses():
+    x = torch.randn(2, 3, LAYOUT.num_tokens, 5)
+    for tile in [(2, 4, 4), (1, 8, 2), (4, 1, 8)]:
+        t = to_tiles(x, LAYOUT, tile)
+        assert torch.equal(from_tiles(t, LAYOUT, tile), x)
+        assert not torch.equal(t, x)
+    assert torch.equal(from_temporal(to_temporal(x, LAYOUT), LAYOUT), x)
+
+
+def test_tile_and_temporal_orders():
+    ids = torch.arange(LAYOUT.num_tokens).view(1, 1, -1, 1).float()        # token id = frame-major position
+    first_tile = to_tiles(ids, LAYOUT, (2, 4, 4))[0, 0, :32, 0].long()
+    f, h, w = torch.meshgrid(torch.arange(2), torch.arange(4), torch.arange(4), indexing="ij")
+    assert torch.equal(first_tile, (f * 64 + h * 8 + w).flatten())
+    temporal = to_temporal(ids, LAYOUT)[0, 0, :8, 0].long()                 # position 0 then 1 in all 4 frames
+    assert temporal.tolist() == [0, 64, 128, 192, 1, 65, 129, 193]
+
+
+def test_block_sparse_all_blocks_equals_dense():
+    q, k, v = qkv()
+    idx = torch.randperm(8).expand(1, 1, 8, 8)                               # every key block, any order
+    torch.testing.assert_close(block_sparse_attention(q, k, v, idx, 32), sdpa(q, k, v), atol=1e-5, rtol=0)
+    diag = torch.arange(8).view(1, 1, 8, 1)                                  # block-diagonal fast path
+    ref = sdpa(*(t.reshape(2, 24, 32, 16) for t in (q, k, v))).view(2, 3, 256, 16)
+    torch.testing.assert_close(block_sparse_attention(q, k, v, diag, 32), ref, atol=1e-6, rtol=0)
+
+
+def test_block_sparse_matches_masked_attention():
+    q, k, v = qkv()
+    idx = band_index(8, 3)[None, None]
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask.scatter_(1, idx[0, 0], True)
+    mask = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(block_sparse_attention(q, k, v, idx, 32, max_temp_mb=0.01), ref, atol=1e-5, rtol=0)
+
+
+def test_windows_are_clamped_and_full_size():
+    assert band_index(6, 3).tolist() == [[0, 1, 2], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5], [3, 4, 5]]
+    idx = window_index((2, 3, 3), (1, 2, 2))
+    assert idx.shape == (18, 4) and idx[0].tolist() == [0, 1, 3, 4] and idx[-1].tolist() == [13, 14, 16, 17]
+    assert auto_window((4, 4, 4), 0.25) == (2, 2, 3)
+    assert sta_density(LAYOUT, (2, 4, 4), [(1, 1, 2)]) == 0.25
+
+
+@pytest.mark.parametrize("name", ["sta", "svg", "topk", "fastattn"])
+def test_keep_all_setting_equals_dense(name):
+    q, k, v = qkv()
+    ref = sdpa(q, k, v)
+    if name == "sta":
+        out = sliding_tile_attention(q, k, v, LAYOUT, (2, 4, 4), [(2, 2, 2)])
+    elif name == "svg":
+        out = sparse_videogen(q, k, v, LAYOUT, density=1.0, block=32)
+    elif name == "topk":
+        out = topk_attention(q, k, v, LAYOUT, (2, 4, 4), density=1.0)
+    else:
+        m = WindowResidualAttention(tile="2x4x4", window="2x2x2")
+        m.prime("k", q, k, v, LAYOUT)
+        out = m.kernel(q, k, v, LAYOUT, "k")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_sparse_backends_match_their_masks():
+    q, k, v = qkv()
+    out = sliding_tile_attention(q, k, v, LAYOUT, (2, 4, 4), [(1, 1, 2)])
+    tq = to_tiles(q, LAYOUT, (2, 4, 4))
+    tk, tv = to_tiles(k, LAYOUT, (2, 4, 4)), to_tiles(v, LAYOUT, (2, 4, 4))
+    idx = window_index((2, 2, 2), (1, 1, 2))
+    mask = torch.zeros(8, 8, dtype=torch.bool).scatter_(1, idx, True).repeat_interleave(32, 0).repeat_interleave(32, 1)
+    ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+    torch.testing.assert_close(out, from_tiles(ref, LAYOUT, (2, 4, 4)), atol=1e-5, rtol=0)
+
+
+def test_svg_classifies_spatial_and_temporal_heads():
+    g = torch.Generator().manual_seed(1)
+    pos = torch.randn(1, 1, 1, 64, 16, generator=g) * 2                   # same position -> same key in every frame
+    frame = torch.randn(1, 1, 4, 1, 16, generator=g) * 2                  # same frame -> shared component
+    temporal_q = (pos + 0.1 * torch.randn(1, 1, 4, 64, 16, generator=g)).reshape(1, 1, 256, 16)
+    spatial_q = (frame + 0.1 * torch.randn(1, 1, 4, 64, 16, generator=g)).reshape(1, 1, 256, 16)
+    q = torch.cat([spatial_q, temporal_q], dim=1)
+    v = torch.randn(1, 2, 256, 16, generator=g)
+    idx = band_index(8, 2)
+    assert classify_heads(q, q, v, LAYOUT, idx, 32).tolist() == [[False, True]]
+
+
+def test_linear_attention_matches_formula():
+    q, k, v = qkv(N=64)
+    qr, kr = q.relu(), k.relu()
+    ref = torch.einsum("bhnm,bhmd->bhnd", qr @ kr.transpose(-1, -2), v) / ((qr @ kr.transpose(-1, -2)).sum(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(linear_attention(q, k, v), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_head_split_and_index_parsing():
+    q, k, v = qkv()
+    out = HeadSplit([([1], linear_attention), ([0, 2], None)])(q, k, v)
+    torch.testing.assert_close(out[:, [0, 2]], sdpa(q, k, v)[:, [0, 2]])
+    torch.testing.assert_close(out[:, 1], linear_attention(q, k, v)[:, 1])
+    with pytest.raises(ValueError):
+        HeadSplit([([0, 1], None), ([1], linear_attention)])
+    assert parse_indices("0-2;5", 8) == [0, 1, 2, 5] and parse_indices(3, 8) == [3] and parse_indices("all", 2) == [0, 1]
+    assert parse_triples("8x8;2x4x4") == [(1, 8, 8), (2, 4, 4)]
+
+
+def _tiny_dit(size=64):
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-T/4", input_size=size, in_channels=1, num_classes=10, depth=3)).eval()
+    for block in model.blocks:                                           # make attention matter (adaLN-Zero is 0)
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.02)
+    torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)
+    return model
+
+
+def test_recipe_per_layer_and_per_head_selection_and_detach():
+    model = _tiny_dit()
+    recipe = Recipe("sta:layers=1,heads=0;2,tile=1x4x4,window=1x1x1,min_tokens=0")
+    recipe.attach(model)
+    attn = [b.attn for b in model.blocks]
+    assert attn[0].backend is None and attn[2].backend is None and isinstance(attn[1].backend, HeadSplit)
+    recipe.reset(10)
+    recipe.begin_step(5, 10)                                             # past STA's 24% full-attention steps
+    q, k, v = qkv(B=1, N=256, D=64)
+    out = attn[1].backend(q, k, v, TokenLayout(1, 16, 16))
+    ref = sdpa(q, k, v)
+    torch.testing.assert_close(out[:, 1], ref[:, 1])                    # head 1 untouched
+    assert (out[:, [0, 2]] - ref[:, [0, 2]]).abs().max() > 1e-3
+    recipe.begin_step(0, 10)
+    torch.testing.assert_close(attn[1].backend(q, k, v, TokenLayout(1, 16, 16)), ref)   # warm-up step: dense
+    recipe.detach(model)
+    assert all(a.backend is None for a in attn)
+
+
+def test_recipes_run_in_a_model_and_short_calls_stay_dense():
+    model = _tiny_dit()
+    x, t, y = torch.randn(1, 1, 64, 64), torch.tensor([500]), torch.tensor([3])
+    with torch.no_grad():
+        ref = model(x, t, y)
+        for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "topk:tile=1x4x4", "fastattn:tile=1x4x4"]:
+            with Recipe(spec).applied(model) as r:
+                r.reset(10)
+                r.begin_step(5, 10)
+                assert torch.equal(model(x, t, y), ref)                  # 256 tokens < min_tokens: dense
+        for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "topk:tile=1x4x4", "fastattn:tile=1x4x4",
+                     "linear"]:
+            with Recipe(f"{spec},min_tokens=0".replace("linear,", "linear:")).applied(model) as r:
+                r.reset(10)
+                for step in range(5):                                # ends on a sparse step
+                    r.begin_step(step, 10)
+                    out = model(x, t, y)
+                assert torch.isfinite(out).all() and not torch.equal(out, ref)

@@ -1,0 +1,41 @@
+"""``ditkit bench-attention`` on tiny shapes: JSON rows, crossover, activations captured from a model file."""
+import json
+
+import torch
+
+from ditkit import checkpoint as ckpt
+from ditkit.acceleration.bench_attention import attention_backends, capture_activations, parse_layout
+from ditkit.build import build_model
+from ditkit.cli import main
+from ditkit.models.attention import TokenLayout
+from ditkit.training.config import TrainConfig
+from ditkit.training.trainer import model_metadata
+
+
+def test_bench_attention_cli_writes_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["bench-attention", "--tokens", "256", "--heads", "2", "--head-dim", "16", "--layout", "4", "--repeats", "1",
+          "--random", "--backends", "svg:block=32,rows=8,sta:tile=2x4x4,topk:tile=2x4x4,linear", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert list(rows) == ["sdpa", "svg:block=32,rows=8", "sta:tile=2x4x4", "topk:tile=2x4x4", "linear"]
+    for r in rows.values():
+        assert {"backend", "tokens", "density", "ms", "speedup", "rel_error", "peak_memory_mb"} <= set(r)
+    assert rows["sdpa"]["rel_error"] == 0 and rows["sta:tile=2x4x4"]["density"] == 0.25
+    assert result["linear_crossover"]["table"] and "random" in rows["svg:block=32,rows=8"]["activations"]
+    assert {"svg", "sta", "topk", "fastattn", "linear"} <= set(attention_backends())
+
+
+def test_layout_parsing():
+    assert parse_layout("16", 4096) == TokenLayout(16, 16, 16)
+    assert parse_layout("2x8x16", 256) == TokenLayout(2, 8, 16)
+    assert parse_layout("16xHxW", 16384) == TokenLayout(16, 32, 32)
+
+
+def test_activations_are_captured_from_a_trained_model_file(tmp_path):
+    cfg = TrainConfig()
+    model = build_model(cfg.model)
+    path = tmp_path / "m.safetensors"
+    ckpt.save_weights(path, model.state_dict(), model_metadata(cfg, model, 0))
+    acts, label = capture_activations(TokenLayout(2, 8, 8), models=(str(path),), timesteps=(500, 480))
+    assert len(acts) == 2 and acts[0][0].shape == (1, 3, 128, 64) and "frames stacked" in label
