@@ -249,7 +249,8 @@ def run(args):
           f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
     rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr),
                      time_samples=args.time_samples)
-    print(markdown_table(rows))
+    table = markdown_table(rows)
+    print(table)
     settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
                 "time_samples": args.time_samples or args.num_samples,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
@@ -262,6 +263,14 @@ def run(args):
         title = (f"{args.model}: {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, "
                  f"{args.num_samples} samples")
         print(f"wrote {pareto_plot(rows, args.plot, title)}")
+    if args.markdown:
+        import os
+
+        from .peers import PEER_NOTES
+        from .report import bars, write_markdown
+        plot = os.path.relpath(args.plot, Path(args.markdown).parent) if args.plot else None
+        print("\n".join(bars(rows)))
+        print(f"wrote {write_markdown(args.markdown, rows, settings, machine(), table, plot, PEER_NOTES if args.peers else [])}")
 
 
 def register(sub):
@@ -280,4 +289,5 @@ def register(sub):
     p.add_argument("--calibration-seed", type=int, default=1000, help="first calibration seed (disjoint from --seed)")
     p.add_argument("--json", help="write the rows (and settings, machine) to this JSON file")
     p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this PNG")
+    p.add_argument("--markdown", help="write a BENCHMARKS.md-style report (command, machine, date, table, plot, bars)")
     p.set_defaults(fn=run)

@@ -2,16 +2,8 @@
 
 The ditkit model is converted with ``to_diffusers`` (keeping ditkit's timestep frequency shift, so the converted
 model computes the same function to ~1e-6) and sampled by ditkit's pipeline (same sampler, seeds, CFG batching)
-through :class:`DiffusersDenoiser`. What diffusers 0.42.1 needs for its hooks to run on ``DiTTransformer2DModel``:
-
-- a cache context: DiT has no ``CacheMixin`` (no ``cache_context``) and its pipeline never opens one, so
-  :class:`DiffusersContext` sets it through the private ``_set_cache_context`` before every network call (name = the
-  CFG branch) and resets the stateful hooks at every generation (nothing resets them otherwise);
-- PyramidAttentionBroadcast: a required ``current_timestep_callback`` (we return the call's network timestep);
-- TaylorSeer: its default patterns only match module names ending in "attn", so on DiT (``attn1``) it hooks nothing;
-  the tuned rows pass ``cache_identifiers`` for ``attn1`` and ``ff`` and float32 factors;
-- MagCache: ratios are required; they come from diffusers' own calibration mode (one run printing the ratios, parsed
-  from stdout) on the calibration samples, at the benchmark's sampler and step count.
+through :class:`DiffusersDenoiser`. What diffusers 0.42.1 needed for each hook to run on
+``DiTTransformer2DModel`` is listed in ``PEER_NOTES`` (it goes into BENCHMARKS.md).
 Block evaluations are counted as in ditkit: every real attention (``attn1.to_q`` call) and feed-forward
 (``ff.net.0`` call) adds rows x tokens / T half-blocks; hooked modules that return cached values do not call them.
 """
@@ -27,6 +19,22 @@ from typing import ClassVar
 import torch
 
 from .registry import Method, Recipe
+
+PEER_NOTES = [
+    "diffusers rows: the ditkit model converted with `to_diffusers` keeping ditkit's timestep frequency shift (0), so "
+    "both compute the same function to ~1e-6 (stock diffusers uses shift 1, a ~9% output difference); sampled by "
+    "ditkit's own sampler, seeds and batched CFG.",
+    "All diffusers hooks: DiT has no `CacheMixin` and its pipeline never opens a cache context, so a ditkit recipe "
+    "step sets the context through the private `diffusers.hooks.hooks._set_cache_context` before every network call "
+    "(name = CFG branch) and calls `reset_stateful_hooks` at every generation (nothing resets them otherwise).",
+    "FirstBlockCache: runs once a context is set (DiT's `BasicTransformerBlock` is in diffusers' block registry).",
+    "TaylorSeer: the default identifiers only match module names ending in `attn`, so on DiT (`attn1`) it hooks "
+    "nothing and the default row is full compute; the tuned row passes `cache_identifiers` for "
+    "`transformer_blocks.N.attn1` and `transformer_blocks.N.ff` and float32 factors.",
+    "MagCache: `mag_ratios` are required; they come from diffusers' own calibration mode (`calibrate=True`), run once "
+    "on the calibration samples at the benchmark's sampler and step count, its printed list parsed from stdout.",
+    "PyramidAttentionBroadcast: needs `current_timestep_callback`; it returns the network timestep of the current call.",
+]
 
 
 class DiffusersDenoiser(torch.nn.Module):
