@@ -95,3 +95,20 @@ def test_bench_command_with_diffusers_peers(model_file, tmp_path, capsys):
     # diffusers' default TaylorSeer hooks nothing on DiT: full compute, same function as ditkit's model
     assert peers["TaylorSeer"]["compute_ratio"] == 1.0 and peers["TaylorSeer"]["psnr"] > 60
     assert png.stat().st_size > 1000
+
+
+def test_bars_are_checked_from_the_rows():
+    from ditkit.acceleration.report import bars
+    row = lambda recipe, impl, speedup, psnr, acc, cpu=None: dict(
+        recipe=recipe, impl=impl, speedup=speedup, psnr=psnr, class_accuracy=acc, cpu_speedup=cpu or speedup)
+    rows = [row("none", "ditkit", 1.0, 100, 0.95), row("fora:interval=1", "ditkit", 0.97, 100, 0.95),
+            row("a", "ditkit", 4.2, 31.0, 0.945), row("b", "ditkit", 5.0, 35.0, 0.90),
+            row("X", "diffusers", 3.0, 33.0, 0.95)]
+    one, two, three = bars(rows)
+    assert one.startswith("**PASS**") and "`a` 4.20x" in one                 # b misses the accuracy bar
+    assert two.startswith("**PASS**") and "`b` 5.00x" in two                 # b: >= 33 dB and faster than X
+    assert three.startswith("**PASS**") and "+3.1%" in three
+    rows[3]["psnr"] = 32.0
+    assert bars(rows)[1].startswith("**FAIL**")                            # no ditkit recipe reaches 33 dB
+    rows[1]["speedup"] = 0.9
+    assert bars(rows)[2].startswith("**FAIL**")
