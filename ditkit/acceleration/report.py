@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from .registry import parse_recipe
+
 NEVER_SKIPS = "fora:interval=1"
 COLUMNS = """Columns: **speedup** = median wall time of `none` / median wall time of the recipe (timed rounds interleaved,
 order rotated each round); **CPU-time speedup** = the same with process CPU time (less sensitive to other processes on
@@ -48,6 +50,22 @@ def bars(rows: list[dict]) -> list[str]:
     return out
 
 
+def method_defaults(names) -> list[str]:
+    """'`fora` (interval=3): first sentence of its module docstring' for each registered method in ``names``."""
+    import dataclasses
+    import sys
+
+    from .registry import REGISTRY, _load_builtin_methods
+    _load_builtin_methods()
+    out = []
+    for name in dict.fromkeys(n for n in names if n in REGISTRY):
+        cls = REGISTRY[name]
+        params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls))
+        doc = " ".join((sys.modules[cls.__module__].__doc__ or "").split())
+        out.append(f"`{name}` ({params}): {doc.split('. ')[0].rstrip('.')}.")
+    return out
+
+
 def write_markdown(path, rows: list[dict], settings: dict, machine: dict, table: str, plot: str | None,
                    notes: list[str]) -> Path:
     s = settings
@@ -67,6 +85,9 @@ def write_markdown(path, rows: list[dict], settings: dict, machine: dict, table:
     if plot:
         lines += [f"![speed-up vs PSNR]({plot})", ""]
     lines += ["## Bars (issue 3, section 5)", ""] + [f"- {b}" for b in bars(rows)] + ["", "## Notes", "", COLUMNS, ""]
+    names = [name for r in rows if r["impl"] == "ditkit" for name, _ in parse_recipe(r["recipe"])]
+    lines += ["Methods and their defaults (module docstrings give the algorithm and deviations):", ""]
+    lines += [f"- {m}" for m in method_defaults(names)] + [""]
     lines += [f"- {n}" for n in notes] + [""]
     path = Path(path)
     path.write_text("\n".join(lines))
