@@ -191,3 +191,17 @@ def test_detach_restores_the_model(pipe, magfile):
     assert not {"run_blocks", "embed", "_ditkit_stack_owner"} & set(vars(pipe.model))
     assert all("attn_branch" not in vars(b) for b in pipe.model.blocks)
     assert torch.equal(generate(pipe, "none", magfile)[0], ref)
+
+
+def test_recipe_from_yaml_file(pipe, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("taylorseer:\n  interval: 3\n  order: 2\n")
+    assert str(Recipe(str(path))) == "taylorseer:interval=3,order=2"
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_very_few_steps(pipe, magfile, steps):
+    ref, full, _ = generate(pipe, "none", magfile, num_sampling_steps=steps)
+    for spec in SKIPPING:
+        out, n, _ = generate(pipe, spec, magfile, num_sampling_steps=steps)
+        assert torch.isfinite(out).all() and n <= full, spec

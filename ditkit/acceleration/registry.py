@@ -2,8 +2,8 @@
 
 A method is a dataclass subclass of :class:`Method` whose fields are its parameters (paper defaults), registered
 under a name with :func:`register`. A recipe is written as a string (``"teacache:threshold=0.1+w8a8"``), a dict
-(``{"teacache": {"threshold": 0.1}}``) or a list of ``{"name": ..., **params}`` dicts. The life cycle, driven by
-:class:`ditkit.pipeline.DiTPipeline`:
+(``{"teacache": {"threshold": 0.1}}``), a list of ``{"name": ..., **params}`` dicts, or a .yaml file holding
+either. The life cycle, driven by :class:`ditkit.pipeline.DiTPipeline`:
 
     attach(model)             once: install hooks / swap modules / set attention backends
     reset(num_steps)          at the start of every generation (state never leaks between calls)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
+from pathlib import Path
 from typing import ClassVar
 
 import yaml
@@ -72,9 +73,12 @@ def _value(text: str):
 
 
 def parse_recipe(spec) -> list[tuple[str, dict]]:
-    """String / dict / list -> [(method name, params)]. ``None``, '' and 'none' are the empty recipe."""
+    """String / dict / list / path of a YAML file holding a dict or list -> [(method name, params)].
+    ``None``, '' and 'none' are the empty recipe."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return []
+    if isinstance(spec, str) and spec.strip().endswith((".yaml", ".yml")):
+        return parse_recipe(yaml.safe_load(Path(spec.strip()).read_text()))
     if isinstance(spec, dict):
         return [(name, dict(params or {})) for name, params in spec.items()]
     if isinstance(spec, (list, tuple)):
