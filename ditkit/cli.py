@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "ditkit.acceleration.bench_attention",
     "ditkit.training.distill_linear",
     "ditkit.evaluation.evaluate",
+    "ditkit.quantization.cli",
 ]
 
 

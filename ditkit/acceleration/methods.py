@@ -3,7 +3,8 @@ import importlib
 
 BUILTIN_METHOD_MODULES: list[str] = ["fora", "firstblockcache", "teacache", "magcache", "taylorseer", "toca",
                                      "delta_dit",
-                                     "svg", "sta", "topk", "fastattn", "linear_attn"]
+                                     "svg", "sta", "topk", "fastattn", "linear_attn",
+                                     "quant_w8a8", "quant_weight_only", "quant_bf16"]
 
 for _name in BUILTIN_METHOD_MODULES:
     importlib.import_module(f"ditkit.acceleration.{_name}")
