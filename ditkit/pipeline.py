@@ -112,8 +112,9 @@ class DiTPipeline:
     def __call__(self, class_labels: Sequence[int], num_sampling_steps: int = 50, sampler: str = "ddim",
                  cfg_scale: float = 4.0, seed: int = 0, eta: float = 0.0, guidance_interval=None,
                  guide_channels: int | None = None, cfg_batched: bool = True, batch_size: int | None = None,
-                 progress: bool = False, step_callback=None) -> torch.Tensor:
-        """Generate one image per label; returns [N, C, H, W] in [-1, 1] (decoded if there is an autoencoder)."""
+                 progress: bool = False, step_callback=None, clip_denoised: bool | None = None) -> torch.Tensor:
+        """Generate one image per label; returns [N, C, H, W] in [-1, 1] (decoded if there is an autoencoder).
+        ``clip_denoised`` (default: on in pixel space, off with an autoencoder) clamps data predictions to [-1, 1]."""
         labels = torch.as_tensor(list(class_labels), dtype=torch.long)
         if labels.numel() == 0:
             raise ValueError("class_labels is empty: give at least one class label")
@@ -133,7 +134,8 @@ class DiTPipeline:
                                  guidance_interval, cfg_batched, self.recipe.begin_branch)
             self.recipe.reset(num_sampling_steps)
             x = sample(guided, noise.randn(C, H, W), self.process, sampler, num_sampling_steps, noise, eta=eta,
-                       progress=progress, step_callback=self._step_callback(step_callback))
+                       progress=progress, step_callback=self._step_callback(step_callback),
+                       clip_denoised=self.autoencoder is None if clip_denoised is None else clip_denoised)
             outs.append(self.autoencoder.decode(x) if self.autoencoder is not None else x)
         return torch.cat(outs).clamp(-1, 1)
 

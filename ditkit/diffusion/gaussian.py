@@ -121,8 +121,9 @@ class GaussianDiffusion:
         return _gather(self.sqrt_recip_alphas_cumprod, t, xt.ndim) * xt - _gather(self.sqrt_recipm1_alphas_cumprod, t, xt.ndim) * eps
 
     # ---- reverse process -------------------------------------------------------------------------------------
-    def p_mean_variance(self, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
-        """model_output [N, C or 2C, ...] at respaced index t -> (mean, log_variance, pred_x0, eps)."""
+    def p_mean_variance(self, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False):
+        """model_output [N, C or 2C, ...] at respaced index t -> (mean, log_variance, pred_x0, eps);
+        ``clip_denoised`` clamps pred_x0 to [-1, 1] before forming the posterior mean."""
         C = xt.shape[1]
         eps = model_output[:, :C]
         if self.learn_sigma:
@@ -135,6 +136,8 @@ class GaussianDiffusion:
         else:  # fixed "large" variance, as improved-DDPM's fixedlarge
             log_var = _gather(np.log(np.append(self.posterior_variance[1], self.betas[1:])), t, xt.ndim).expand_as(xt)
         pred_x0 = self.predict_x0(xt, t, eps)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1, 1)
         mean, _ = self.q_posterior(pred_x0, xt, t)
         return mean, log_var, pred_x0, eps
 

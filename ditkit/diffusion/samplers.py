@@ -50,8 +50,11 @@ def default_timesteps(sampler: str, num_steps: int, num_train_timesteps: int = 1
 
 def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps: int, noise: NoiseSource | None = None,
            eta: float = 0.0, timesteps: Sequence[int] | None = None, progress: bool = False,
-           step_callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+           step_callback: Callable[[int, int], None] | None = None, clip_denoised: bool = False) -> torch.Tensor:
     """Run ``sampler`` for ``num_steps`` steps from noise ``x``; returns the final sample (same shape as x).
+
+    ``clip_denoised`` clamps each data prediction to [-1, 1] (ADM's choice for pixel-space models; latent models such
+    as DiT's leave it off). It applies to the DDPM samplers; flow samplers ignore it.
 
     ``step_callback(i, num_steps)`` is called before the model evaluations of step i (used by caches).
     """
@@ -72,26 +75,26 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
                          f"{len(timesteps)}: {timesteps[:3]} ... {timesteps[-3:]}; use fewer steps, or descending "
                          f"timesteps without repeats")
     if sampler == "dpm++2m":
-        return _dpm_solver_pp_2m(model_fn, x, process, timesteps, progress, step_callback)
+        return _dpm_solver_pp_2m(model_fn, x, process, timesteps, clip_denoised, progress, step_callback)
     respaced = process.respace(sorted(timesteps))
     if sampler == "ddpm":
-        return _ddpm(model_fn, x, respaced, noise, progress, step_callback)
-    return _ddim(model_fn, x, respaced, noise, eta, progress, step_callback)
+        return _ddpm(model_fn, x, respaced, noise, clip_denoised, progress, step_callback)
+    return _ddim(model_fn, x, respaced, noise, eta, clip_denoised, progress, step_callback)
 
 
-def _ddpm(model_fn, x, proc: GaussianDiffusion, noise, progress, cb):
+def _ddpm(model_fn, x, proc: GaussianDiffusion, noise, clip, progress, cb):
     n = proc.num_timesteps
     for i, k in enumerate(_progress(range(n - 1, -1, -1), progress, "ddpm")):
         if cb:
             cb(i, n)
         kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
         out = model_fn(x, torch.full_like(kk, int(proc.timestep_map[k])))
-        mean, log_var, _, _ = proc.p_mean_variance(out, x, kk)
+        mean, log_var, _, _ = proc.p_mean_variance(out, x, kk, clip_denoised=clip)
         x = mean if k == 0 else mean + torch.exp(0.5 * log_var) * noise.randn(*x.shape[1:])
     return x
 
 
-def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, progress, cb):
+def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, clip, progress, cb):
     n = proc.num_timesteps
     for i, k in enumerate(_progress(range(n - 1, -1, -1), progress, "ddim")):
         if cb:
@@ -100,6 +103,9 @@ def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, progress, cb):
         eps = out[:, :x.shape[1]]
         abar, abar_prev = float(proc.alphas_cumprod[k]), float(proc.alphas_cumprod_prev[k])
         x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        if clip:  # as ADM: clip the data prediction, then re-derive eps from it
+            x0 = x0.clamp(-1, 1)
+            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
         x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
         if sigma > 0 and k > 0:
@@ -107,7 +113,7 @@ def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, progress, cb):
     return x
 
 
-def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, progress, cb):
+def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, clip, progress, cb):
     """DPM-Solver++(2M) on the VP schedule; the last step jumps to sigma = 0 (returns the data prediction)."""
     abar = proc.alphas_cumprod
     alpha = lambda t: math.sqrt(abar[t])
@@ -121,6 +127,8 @@ def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, progress,
         t = timesteps[i]
         eps = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))[:, :x.shape[1]]
         x0 = (x - sigma(t) * eps) / alpha(t)
+        if clip:
+            x0 = x0.clamp(-1, 1)
         if i == n - 1:
             return x0
         s = timesteps[i + 1]
