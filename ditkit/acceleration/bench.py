@@ -27,19 +27,20 @@ from .calibrate import calibrate, save_calibration
 from .counting import BlockCounter
 from .registry import Recipe, parse_recipe
 
-STANDARD_SUITE = [
-    "none",
-    "fora:interval=1",                                  # never skips: the per-step overhead of the hooks
-    "fora", "fora:interval=5",
-    "firstblockcache", "firstblockcache:threshold=0.2",
-    "teacache", "teacache:threshold=0.3",
-    "magcache", "magcache:threshold=0.24,max_skips=6",
-    "taylorseer", "taylorseer:interval=6,order=2",
-    "toca", "toca:interval=5",
-    "delta_dit", "delta_dit:interval=5",
-]
+NEVER_SKIPS = "fora:interval=1"                          # a recipe that never skips: the hooks' per-step overhead
 CALIBRATED = {"teacache": "coefficients", "magcache": "ratios"}
 PSNR_CAP = 100.0
+
+
+def standard_suite() -> list[str]:
+    """none, the never-skipping recipe, then each registered method's ``bench_settings`` (its paper default and a
+    faster setting; methods without the attribute contribute their default alone)."""
+    from .methods import BUILTIN_METHOD_MODULES
+    from .registry import REGISTRY, _load_builtin_methods
+    _load_builtin_methods()
+    order = lambda item: (BUILTIN_METHOD_MODULES + [item[1].__module__]).index(item[1].__module__.rsplit(".")[-1])
+    return ["none", NEVER_SKIPS] + [s for name, cls in sorted(REGISTRY.items(), key=order)
+                                    for s in getattr(cls, "bench_settings", (name,))]
 
 
 def split_recipes(text: str) -> list[str]:
@@ -136,14 +137,25 @@ def quality(images: torch.Tensor, reference: torch.Tensor, labels, mnist: bool) 
 
 
 def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist: bool, log=print,
-              time_samples: int | None = None) -> list[dict]:
+              time_samples: int | None = None, skipped: list | None = None) -> list[dict]:
     """Measure every entry (entries[0] is the full-compute reference); returns the JSON rows. Timed rounds generate
-    the first ``time_samples`` labels (default: all of them)."""
-    images = []
+    the first ``time_samples`` labels (default: all of them). Entries that cannot apply to the model are left out
+    and appended to ``skipped`` as (recipe, reason)."""
+    skipped = [] if skipped is None else skipped
+    images, kept = [], []
     for e in entries:
         t0 = time.perf_counter()
-        images.append(measure(e, labels, sampling))
+        try:
+            images.append(measure(e, labels, sampling))
+        except (ValueError, RuntimeError, NotImplementedError) as err:
+            if e is entries[0]:
+                raise
+            log(f"  skipped {e.impl} {e.recipe}: cannot apply to this model: {err}")
+            skipped.append((e.recipe, str(err)))
+            continue
+        kept.append(e)
         log(f"  measured {e.impl} {e.recipe} ({time.perf_counter() - t0:.1f} s)")
+    entries = kept
     for r in range(repeats):
         for i in range(len(entries)):
             e = entries[(i + r) % len(entries)]
@@ -231,7 +243,7 @@ def run(args):
     sampling = sampling_kwargs(args)
     seed = sampling.pop("seed")
     labels = [i % pipe.num_classes for i in range(args.num_samples)]
-    specs = split_recipes(args.recipes) if args.recipes else list(STANDARD_SUITE)
+    specs = split_recipes(args.recipes) if args.recipes else standard_suite()
     specs = ["none"] + [s for s in specs if s.strip().lower() != "none"]
     out_dir = Path(args.json).parent if args.json else Path("out")
     resolved = with_calibration(specs, pipe, sampling, args.calibration_prompts, args.calibration_seed, out_dir)
@@ -247,8 +259,9 @@ def run(args):
     print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {args.time_samples or args.num_samples}"
           f" samples (quality on {args.num_samples}), "
           f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
+    skipped = []
     rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr),
-                     time_samples=args.time_samples)
+                     time_samples=args.time_samples, skipped=skipped)
     table = markdown_table(rows)
     print(table)
     settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
@@ -257,7 +270,8 @@ def run(args):
                 **sampling, "command": "ditkit bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows,
+                                               "skipped": skipped}, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         title = (f"{args.model}: {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, "
@@ -270,15 +284,17 @@ def run(args):
         from .report import bars, write_markdown
         plot = os.path.relpath(args.plot, Path(args.markdown).parent) if args.plot else None
         print("\n".join(bars(rows)))
-        print(f"wrote {write_markdown(args.markdown, rows, settings, machine(), table, plot, PEER_NOTES if args.peers else [])}")
+        notes = [f"`{r}` was left out: it cannot apply to this model ({why})" for r, why in skipped]
+        notes += PEER_NOTES if args.peers else []
+        print(f"wrote {write_markdown(args.markdown, rows, settings, machine(), table, plot, notes)}")
 
 
 def register(sub):
     from ..generate import add_sampling_args
     p = sub.add_parser("bench", help="speed x quality of acceleration recipes (and diffusers' caches) in one run")
     add_sampling_args(p)
-    p.add_argument("--recipes", help="comma-separated recipes (default: the standard suite, every method at its paper "
-                                     "default and a faster setting)")
+    p.add_argument("--recipes", help="comma-separated recipes (default: the standard suite, every registered method at "
+                                     "its paper default and a faster setting)")
     p.add_argument("--num-samples", type=int, default=100, help="images per recipe (labels cycle over the classes)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--time-samples", type=int, help="samples per timed generation (default: --num-samples; quality "

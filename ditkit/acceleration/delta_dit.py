@@ -20,6 +20,7 @@ from .registry import register
 @dataclasses.dataclass
 class DeltaDiT(CachingMethod):
     name: ClassVar[str] = "delta_dit"
+    bench_settings: ClassVar[tuple[str, ...]] = ("delta_dit", "delta_dit:interval=5,span=0.75")
     interval: int = 3
     span: float = 0.5
     switch: float = 0.5

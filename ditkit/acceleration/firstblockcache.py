@@ -20,6 +20,7 @@ from .registry import register
 @dataclasses.dataclass
 class FirstBlockCache(CachingMethod):
     name: ClassVar[str] = "firstblockcache"
+    bench_settings: ClassVar[tuple[str, ...]] = ("firstblockcache", "firstblockcache:threshold=0.2")
     threshold: float = 0.08
 
     def new_state(self):

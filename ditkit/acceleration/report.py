@@ -4,9 +4,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from .bench import NEVER_SKIPS
 from .registry import parse_recipe
 
-NEVER_SKIPS = "fora:interval=1"
 COLUMNS = """Columns: **speedup** = median wall time of `none` / median wall time of the recipe (timed rounds interleaved,
 order rotated each round); **CPU-time speedup** = the same with process CPU time (less sensitive to other processes on
 a shared machine); **compute ratio** = exact transformer block evaluations of `none` / of the recipe (attention and MLP

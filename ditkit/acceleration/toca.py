@@ -27,6 +27,7 @@ MLP_FACTOR, STALENESS_WEIGHT, CELL_BONUS = 2.5, 0.25, 0.6
 @dataclasses.dataclass
 class ToCa(ModuleCacheMethod):
     name: ClassVar[str] = "toca"
+    bench_settings: ClassVar[tuple[str, ...]] = ("toca", "toca:interval=5")
     interval: int = 3
     ratio: float = 0.07
     step_weight: float = 2.0
