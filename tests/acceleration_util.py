@@ -8,7 +8,8 @@ from ditkit.pipeline import DiTPipeline
 
 NEVER_SKIP = ["fora:interval=1", "firstblockcache:threshold=0", "teacache:threshold=0", "magcache:threshold=0",
               "taylorseer:interval=1", "toca:interval=1", "delta_dit:interval=1"]
-SKIPPING = ["fora", "firstblockcache:threshold=0.5", "teacache:threshold=0.18", "magcache:threshold=0.5,max_skips=3",
+# settings that skip on any model (adaptive methods at huge thresholds skip whenever their rules allow)
+SKIPPING = ["fora", "firstblockcache:threshold=10", "teacache:threshold=10", "magcache:threshold=10,max_skips=3",
             "taylorseer:interval=3,order=2,warmup=1", "toca:ratio=0.3", "delta_dit"]
 
 
