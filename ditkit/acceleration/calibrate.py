@@ -4,7 +4,7 @@ Runs the uncached model on K prompts (labels 0, 1, 2, ... cycling, seeds ``seed`
 given sampler, steps and CFG, records every network call per branch and per sample, fits, prints the fit quality
 and writes a JSON file a recipe points to (``teacache:coefficients=FILE``, ``magcache:ratios=FILE``).
 
-- teacache: pairs (x = rel_l1 change of block 0's modulated input, y = rel_l1 change of the block-stack output)
+- teacache: pairs (x = rel_l1 change of block 0's modulated input, y = rel_l1 change of the network output)
   between consecutive calls of a sample, pooled over branches and samples; least-squares degree-4 polynomial y = P(x)
   (TeaCache's recipe, TeaCache #2). Quality: R^2 and RMSE on the pairs.
 - magcache: mean over tokens of the channel L2 norm of the stack residual R = F(h) - h, averaged over samples at each
@@ -43,18 +43,19 @@ class Recorder(CachingMethod):
         self.ratios = []                                   # (branch, t_prev, t, measured ratio) per row
 
     def new_state(self):
-        return SimpleNamespace(u=None, out=None, mag=None, t=None)
+        return SimpleNamespace(u=None, pred=None, mag=None, t=None)
 
     def forward(self, state, tokens, c):
         u, out = indicator(self.model, tokens, c), self.run(tokens, c)
+        pred = self.model.head(out, c)                          # the network output, as TeaCache's fit uses
         mag = (out - tokens).norm(dim=-1).mean(dim=1)
         t = self.t.float()
         if state.u is not None:
-            self.pairs += zip(rel_l1(u, state.u).tolist(), rel_l1(out, state.out).tolist())
+            self.pairs += zip(rel_l1(u, state.u).tolist(), rel_l1(pred, state.pred).tolist())
             self.ratios += zip(self.row_branch, state.t.tolist(), t.tolist(), (mag / state.mag).tolist())
         for branch, ti, m in zip(self.row_branch, t.tolist(), mag.tolist()):
             self.mags[branch, ti].append(m)
-        state.u, state.out, state.mag, state.t = u, out, mag, t
+        state.u, state.pred, state.mag, state.t = u, pred, mag, t
         return out
 
 
