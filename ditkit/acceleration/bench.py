@@ -17,9 +17,10 @@ import math
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -57,26 +58,30 @@ def split_recipes(text: str) -> list[str]:
 
 @dataclass
 class Entry:
-    """One row: ``run(labels, **sampling) -> images`` with ``counter()`` a block-counting context."""
+    """One row: ``pipe`` generates; ``recipe_obj`` (if any) is attached to it only while the entry is active, so
+    attaching (e.g. quantising weights) is never timed; ``counter()`` is a block-counting context."""
     recipe: str
     impl: str
-    run: Callable
+    pipe: Any
     counter: Callable
+    recipe_obj: Recipe | None = None
     row: dict = field(default_factory=dict)
     times: list = field(default_factory=list)
     cpu_times: list = field(default_factory=list)
 
+    @contextmanager
+    def active(self):
+        if self.recipe_obj is not None:
+            self.pipe.set_recipe(self.recipe_obj)
+        try:
+            yield self.pipe
+        finally:
+            if self.recipe_obj is not None:
+                self.pipe.set_recipe(None)
+
 
 def ditkit_entry(pipe, spec, display: str) -> Entry:
-    recipe = Recipe(spec)
-
-    def run(labels, **kw):
-        pipe.set_recipe(recipe)
-        try:
-            return pipe(labels, **kw)
-        finally:
-            pipe.set_recipe(None)
-    return Entry(display, "ditkit", run, lambda: BlockCounter(pipe.model))
+    return Entry(display, "ditkit", pipe, lambda: BlockCounter(pipe.model), Recipe(spec))
 
 
 def with_calibration(specs: list[str], pipe, sampling: dict, num_prompts: int, seed: int, out_dir: Path):
@@ -117,8 +122,8 @@ def measure(entry: Entry, labels, sampling: dict) -> torch.Tensor:
     """Untimed pass: block count, FLOPs, peak memory; returns the images."""
     from torch.utils.flop_counter import FlopCounterMode
     flops = FlopCounterMode(display=False)
-    with entry.counter() as counter, flops:
-        images, peak = peak_tensor_memory(lambda: entry.run(labels, **sampling))
+    with entry.active() as pipe, entry.counter() as counter, flops:
+        images, peak = peak_tensor_memory(lambda: pipe(labels, **sampling))
     entry.row.update(blocks=counter.blocks, flops=flops.get_total_flops(), peak_memory_mb=peak / 2 ** 20)
     return images
 
@@ -159,10 +164,11 @@ def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist:
     for r in range(repeats):
         for i in range(len(entries)):
             e = entries[(i + r) % len(entries)]
-            t0, c0 = time.perf_counter(), time.process_time()
-            e.run(labels[:time_samples], **sampling)
-            e.times.append(time.perf_counter() - t0)
-            e.cpu_times.append(time.process_time() - c0)
+            with e.active() as pipe:
+                t0, c0 = time.perf_counter(), time.process_time()
+                pipe(labels[:time_samples], **sampling)
+                e.times.append(time.perf_counter() - t0)
+                e.cpu_times.append(time.process_time() - c0)
         log(f"  round {r + 1}/{repeats} done")
     base = entries[0]
     base_time, base_cpu = statistics.median(base.times), statistics.median(base.cpu_times)

@@ -107,7 +107,7 @@ def _entry(pipe, sampling, label, apply):
     recipe = Recipe()
     recipe.methods.append(DiffusersContext())
     dpipe.set_recipe(recipe)
-    return Entry(label, "diffusers", lambda labels, **kw: dpipe(labels, **kw), lambda: DiffusersCounter(denoiser))
+    return Entry(label, "diffusers", dpipe, lambda: DiffusersCounter(denoiser))
 
 
 def diffusers_magcache_ratios(pipe, sampling, num_prompts: int, seed: int) -> list[float]:
@@ -117,7 +117,7 @@ def diffusers_magcache_ratios(pipe, sampling, num_prompts: int, seed: int) -> li
         d, MagCacheConfig(calibrate=True, num_inference_steps=sampling["num_sampling_steps"])))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        entry.run([i % pipe.num_classes for i in range(num_prompts)], **{**sampling, "seed": seed})
+        entry.pipe([i % pipe.num_classes for i in range(num_prompts)], **{**sampling, "seed": seed})
     return ast.literal_eval(re.findall(r"\[[-+0-9.e, ]*\]", out.getvalue())[-1])
 
 
