@@ -147,3 +147,13 @@ def test_config_type_errors(override):
 def test_config_numbers_written_as_strings_are_converted():
     cfg = load_config(TrainConfig, None, ["train.lr=3e-4", "train.steps=10", "model.autoencoder=null"])
     assert cfg.train.lr == 3e-4 and cfg.train.steps == 10 and cfg.model.autoencoder is None
+
+
+def test_bf16_autocast_and_sklearn_digits(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.steps=2", "train.bf16=true", "data.name=digits", "data.image_size=16",
+                   "model.input_size=16")
+    out = train(cfg, progress=False)
+    w = load_weights(out)
+    assert w["pos_embed"].shape == (1, 4, 192) and all(torch.isfinite(v).all() for v in w.values())
+    with pytest.raises(ValueError, match="must match the data"):
+        train(tiny_cfg(tmp_path / "x", "data.name=digits", "data.image_size=16"), progress=False)
