@@ -1,14 +1,14 @@
 """``ditkit bench``: speed and quality of acceleration recipes, side by side, measured in one run.
 
-For every recipe, on the same labels, seeds, sampler and CFG: an untimed pass counts transformer block evaluations
-exactly (:class:`BlockCounter`), FLOPs (``torch.utils.flop_counter``) and the peak of newly allocated tensor memory
-(profiler allocation events), and keeps the images; then ``--repeats`` timed rounds run every recipe once per round
-(rotated order, so machine noise hits all alike) and the median wall time is reported (and the median process
-CPU time, less sensitive to other processes on a shared machine). Quality is measured against
-the ``none`` images: PSNR and SSIM per sample (mean; PSNR capped at 100 dB, which identical samples get), and for MNIST-shaped models
-``class_accuracy`` and ``frechet_distance`` (Fréchet distance on ditkit's MNIST-classifier features, not FID).
-TeaCache / MagCache entries without a calibration file are calibrated first, in the same run, on
-``--calibration-prompts`` samples with seeds disjoint from the benchmark's.
+For every recipe, on the same labels, seeds, sampler and CFG: an untimed pass generates every sample (for quality)
+and then, on one timed-size generation, counts transformer block evaluations exactly (:class:`BlockCounter`), FLOPs
+(``torch.utils.flop_counter``) and the peak of newly allocated tensor memory (profiler allocation events); then
+``--repeats`` timed rounds run every recipe once per round (rotated order, so machine noise hits all alike) and the
+median wall time is reported (and the median process CPU time, less sensitive to other processes on a shared
+machine). Quality is measured against the ``none`` images: PSNR and SSIM per sample (mean; PSNR capped at 100 dB,
+which identical samples get), and for MNIST-shaped models ``class_accuracy`` and ``frechet_distance`` (Fréchet
+distance on ditkit's MNIST-classifier features, not FID). TeaCache / MagCache entries without a calibration file
+are calibrated first, in the same run, on ``--calibration-prompts`` samples with seeds disjoint from the benchmark's.
 """
 from __future__ import annotations
 
@@ -118,12 +118,14 @@ def peak_tensor_memory(fn):
     return result, peak
 
 
-def measure(entry: Entry, labels, sampling: dict) -> torch.Tensor:
-    """Untimed pass: block count, FLOPs, peak memory; returns the images."""
+def measure(entry: Entry, labels, sampling: dict, time_samples: int | None = None) -> torch.Tensor:
+    """Untimed: the images of all labels, then block count, FLOPs and peak memory of one timed-size generation."""
     from torch.utils.flop_counter import FlopCounterMode
     flops = FlopCounterMode(display=False)
-    with entry.active() as pipe, entry.counter() as counter, flops:
-        images, peak = peak_tensor_memory(lambda: pipe(labels, **sampling))
+    with entry.active() as pipe:
+        images = pipe(labels, **sampling)
+        with entry.counter() as counter, flops:
+            _, peak = peak_tensor_memory(lambda: pipe(labels[:time_samples], **sampling))
     entry.row.update(blocks=counter.blocks, flops=flops.get_total_flops(), peak_memory_mb=peak / 2 ** 20)
     return images
 
@@ -151,7 +153,7 @@ def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist:
     for e in entries:
         t0 = time.perf_counter()
         try:
-            images.append(measure(e, labels, sampling))
+            images.append(measure(e, labels, sampling, time_samples))
         except (ValueError, RuntimeError, NotImplementedError) as err:
             if e is entries[0]:
                 raise

@@ -77,7 +77,8 @@ def write_markdown(path, rows: list[dict], settings: dict, machine: dict, table:
         f"Python {machine['python']}, torch {machine['torch']}, {machine['threads']} torch thread(s).", "",
         f"Settings: model `{s['model']}`, sampler {s['sampler']}, {s['num_sampling_steps']} steps, CFG scale "
         f"{s['cfg_scale']} (batched cond+uncond), seeds {s['seed']}..{s['seed'] + s['num_samples'] - 1}, "
-        f"{s['num_samples']} samples for quality and counts, {s['time_samples']} samples per timed generation, "
+        f"{s['num_samples']} samples for quality, {s['time_samples']} samples per timed generation (also the one "
+        f"counted for blocks, FLOPs and memory), "
         f"{s['repeats']} timed rounds. TeaCache / MagCache calibrated in the same run on {s['calibration_prompts']} "
         f"samples with seeds from {s['calibration_seed']}.", "",
         "## Results", "", table, "",
