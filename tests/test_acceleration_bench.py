@@ -91,7 +91,7 @@ def test_bench_command_with_diffusers_peers(model_file, tmp_path, capsys):
     rows = json.loads(js.read_text())["rows"]
     assert [r["recipe"] for r in rows[:3]] == ["none", "fora:interval=2", "teacache:threshold=0.3"]
     peers = {r["recipe"]: r for r in rows if r["impl"] == "diffusers"}
-    assert {"FirstBlockCache", "TaylorSeer", "MagCache", "PyramidAttentionBroadcast"} <= set(peers)
+    assert {"none", "FirstBlockCache", "TaylorSeer", "MagCache", "PyramidAttentionBroadcast"} <= set(peers)
     # diffusers' default TaylorSeer hooks nothing on DiT: full compute, same function as ditkit's model
     assert peers["TaylorSeer"]["compute_ratio"] == 1.0 and peers["TaylorSeer"]["psnr"] > 60
     assert png.stat().st_size > 1000

@@ -24,6 +24,8 @@ PEER_NOTES = [
     "diffusers rows: the ditkit model converted with `to_diffusers` keeping ditkit's timestep frequency shift (0), so "
     "both compute the same function to ~1e-6 (stock diffusers uses shift 1, a ~9% output difference); sampled by "
     "ditkit's own sampler, seeds and batched CFG.",
+    "diffusers speed-ups are relative to ditkit's `none`; the diffusers `none` row (converted model, no hooks) shows "
+    "its own speed: `DiTTransformer2DModel` recomputes the timestep and label embeddings in every block.",
     "All diffusers hooks: DiT has no `CacheMixin` and its pipeline never opens a cache context, so a ditkit recipe "
     "step sets the context through the private `diffusers.hooks.hooks._set_cache_context` before every network call "
     "(name = CFG branch) and calls `reset_stateful_hooks` at every generation (nothing resets them otherwise).",
@@ -135,6 +137,7 @@ def diffusers_entries(pipe, sampling: dict, num_prompts: int, calibration_seed: 
         spatial_attention_block_skip_range=n, spatial_attention_timestep_skip_range=(lo, hi),
         current_timestep_callback=lambda: den.current_t)))
     settings = {
+        "none": lambda d, _: None,                       # the converted model without hooks: diffusers' own speed
         "FirstBlockCache": lambda d, _: apply_first_block_cache(d, FirstBlockCacheConfig()),
         "FirstBlockCache:threshold=0.2": lambda d, _: apply_first_block_cache(d, FirstBlockCacheConfig(threshold=0.2)),
         "TaylorSeer": lambda d, _: apply_taylorseer_cache(d, TaylorSeerCacheConfig()),
