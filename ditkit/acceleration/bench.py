@@ -292,7 +292,8 @@ def run(args):
         from .report import bars, write_markdown
         plot = os.path.relpath(args.plot, Path(args.markdown).parent) if args.plot else None
         print("\n".join(bars(rows)))
-        notes = [f"`{r}` was left out: it cannot apply to this model ({why})" for r, why in skipped]
+        notes = list(args.note or [])
+        notes += [f"`{r}` was left out: it cannot apply to this model ({why})" for r, why in skipped]
         notes += PEER_NOTES if args.peers else []
         print(f"wrote {write_markdown(args.markdown, rows, settings, machine(), table, plot, notes)}")
 
@@ -314,4 +315,5 @@ def register(sub):
     p.add_argument("--json", help="write the rows (and settings, machine) to this JSON file")
     p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this PNG")
     p.add_argument("--markdown", help="write a BENCHMARKS.md-style report (command, machine, date, table, plot, bars)")
+    p.add_argument("--note", action="append", help="a note for the report (repeatable)")
     p.set_defaults(fn=run)
