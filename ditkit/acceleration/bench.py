@@ -264,8 +264,9 @@ def run(args):
     C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
     mnist = (C, H, W, pipe.num_classes) == (1, 32, 32, 10)
     sampling["seed"] = seed
-    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {args.time_samples or args.num_samples}"
-          f" samples (quality on {args.num_samples}), "
+    timed = args.time_samples or args.num_samples
+    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} samples (quality on "
+          f"{args.num_samples}), "
           f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
     skipped = []
     rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr),
