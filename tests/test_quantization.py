@@ -238,3 +238,20 @@ def test_quantize_command(pipe, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--model", str(src), "--recipe", "fora", "--out", str(tmp_path / "x.safetensors")])
     assert "not a single quantization method" in capsys.readouterr().err
+
+
+def test_video_model_calibrates_quantizes_and_reloads(tmp_path):
+    pytest.importorskip("ditkit.video_pipeline")
+    from test_video_masks import save_tiny_model
+
+    from ditkit.video_pipeline import VideoPipeline
+    src = save_tiny_model(tmp_path / "video.safetensors")
+    out = tmp_path / "video-w8a8.safetensors"
+    card = quantize_checkpoint(str(src), "w8a8:smooth=0.5,float_layers=1,calibration_steps=3", out,
+                               calibration_samples=1)
+    assert card["float_layers"] and card["fidelity"]["num_samples"] == 4 and card["weight_memory_ratio"] > 2
+    live = VideoPipeline.from_pretrained(src)
+    live.set_recipe("w8a8:smooth=0.5,float_layers=1,calibration_steps=3,calibration_samples=1")
+    loaded = VideoPipeline.from_pretrained(out)
+    kw = dict(num_videos=2, num_sampling_steps=3, seed=0)
+    assert torch.equal(loaded(**kw), live(**kw))

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..acceleration.registry import Recipe
 from ..diffusion.flow import FlowMatching
-from ..diffusion.guidance import GuidedModel
-from ..diffusion.samplers import NoiseSource, sample
 
 MOMENTUM = 0.95          # ViDiT-Q: momentum-averaged activation max across timesteps
 SENSITIVITY_CALLS = 8    # network calls (spread over the trajectory) used to rank layers
@@ -21,12 +20,11 @@ SENSITIVITY_CALLS = 8    # network calls (spread over the trajectory) used to ra
 
 @dataclass
 class Calls:
-    """Network calls recorded along sampling trajectories, in call order (noise to data).
+    """Network calls recorded along sampling trajectories, in call order (noise to data): (args, kwargs) of each
+    ``model(...)`` call, e.g. ((x [B, C, H, W], t [B], y [B]), {}); B = 2 x samples with batched guidance."""
+    inputs: list[tuple[tuple, dict]]
 
-    inputs: list of (x [B, C, H, W], t [B], y [B]); B = 2 * samples with batched classifier-free guidance."""
-    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-    def spread(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def spread(self, n: int) -> list[tuple[tuple, dict]]:
         """``n`` calls evenly spread over the trajectory (all if there are fewer)."""
         if len(self.inputs) <= n:
             return self.inputs
@@ -36,25 +34,32 @@ class Calls:
 
 @torch.no_grad()
 def record_calls(pipe, num_samples: int = 4, num_steps: int = 20, seed: int = 1000) -> Calls:
-    """Sample ``num_samples`` images (random classes, guidance 4 when the model has a null class, DDIM or Euler) with
-    the pipeline's float model and record the inputs of every network call."""
+    """Generate ``num_samples`` samples with the pipeline's float model, no recipe, and record every network call.
+    Image DiTs: random classes, guidance 4 when the model has a null class, DDIM (Euler for flow models). Video
+    pipelines: unconditional videos with their default sampler."""
     if num_samples < 1 or num_steps < 1:
         raise ValueError(f"calibration needs at least 1 sample and 1 step, got {num_samples} samples, {num_steps} steps")
-    model, process = pipe.model, pipe.process
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, pipe.num_classes, (num_samples,), generator=gen).to(pipe.device)
     inputs = []
 
-    def network(x, t, y):
-        inputs.append((x.clone(), t.clone(), y.clone()))
-        return model(x, t, y)
+    def hook(module, args, kwargs):
+        inputs.append((tuple(a.clone() for a in args), {k: v.clone() if torch.is_tensor(v) else v
+                                                         for k, v in kwargs.items()}))
 
-    cfg = 4.0 if model.config.class_dropout_prob > 0 else 1.0
-    guided = GuidedModel(network, labels, pipe.num_classes, cfg, process)
-    noise = NoiseSource(range(seed, seed + num_samples), pipe.device)
-    sampler = "euler" if isinstance(process, FlowMatching) else "ddim"
-    C, (H, W) = model.in_channels, model.config.image_hw
-    sample(guided, noise.randn(C, H, W), process, sampler, num_steps, noise)
+    if hasattr(pipe, "num_frames"):
+        run = lambda: pipe(num_videos=num_samples, num_sampling_steps=num_steps, seed=seed)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, pipe.num_classes, (num_samples,), generator=gen).tolist()
+        cfg = 4.0 if pipe.model.config.class_dropout_prob > 0 else 1.0
+        sampler = "euler" if isinstance(pipe.process, FlowMatching) else "ddim"
+        run = lambda: pipe(labels, num_sampling_steps=num_steps, sampler=sampler, cfg_scale=cfg, seed=seed)
+    recipe, pipe.recipe = pipe.recipe, Recipe()
+    handle = pipe.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+        pipe.recipe = recipe
     return Calls(inputs)
 
 
@@ -70,8 +75,8 @@ def activation_absmax(model: nn.Module, linears: list[nn.Linear], calls: Calls) 
 
     handles = [lin.register_forward_pre_hook(hook) for lin in linears]
     try:
-        for x, t, y in calls.inputs:
-            model(x, t, y)
+        for args, kwargs in calls.inputs:
+            model(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -91,14 +96,14 @@ def layer_sensitivity(model: nn.Module, slots: list[tuple[nn.Module, str]], make
     channels when only that layer is replaced by ``make_layer(linear)``, over calls spread along the trajectory."""
     inputs = calls.spread(SENSITIVITY_CALLS)
     C = model.in_channels
-    refs = [model(x, t, y)[:, :C] for x, t, y in inputs]
+    refs = [model(*args, **kwargs)[:, :C] for args, kwargs in inputs]
     ref_sq = sum(float(r.pow(2).sum()) for r in refs)
     errors = []
     for parent, attr in slots:
         original = getattr(parent, attr)
         setattr(parent, attr, make_layer(original))
         try:
-            err_sq = sum(float((model(x, t, y)[:, :C] - r).pow(2).sum()) for (x, t, y), r in zip(inputs, refs))
+            err_sq = sum(float((model(*args, **kwargs)[:, :C] - r).pow(2).sum()) for (args, kwargs), r in zip(inputs, refs))
         finally:
             setattr(parent, attr, original)
         errors.append((err_sq / max(ref_sq, 1e-30)) ** 0.5)

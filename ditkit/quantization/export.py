@@ -6,6 +6,7 @@ layout under the metadata key ``quantization``, plus a JSON card next to it. ``d
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch.nn as nn
@@ -14,7 +15,7 @@ from .. import checkpoint as ckpt
 from ..acceleration.registry import Recipe, parse_recipe
 from ..diffusion.flow import FlowMatching
 from .layers import empty_layer
-from .method import QuantMethod
+from .method import FAKE_WARNING, QuantMethod
 
 CARD_FORMAT = "ditkit-quantized-card"
 
@@ -31,6 +32,8 @@ def install_quantized_layers(model: nn.Module, quantization: dict) -> None:
         setattr(parent, attr, empty_layer(cfg.pop("kind"), linear.in_features, linear.out_features,
                                           linear.bias is not None, cfg))
     model.quantization = quantization
+    if any(c.get("fake") for c in quantization["layers"].values()):
+        warnings.warn(FAKE_WARNING, stacklevel=2)
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -39,14 +42,11 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def quantization_label(quantization: dict | None) -> str:
-    """One line saying what a model computes, e.g. 'w8a8 (int8 matmul)' or 'w8a8 (FAKE-QUANT simulation...)'."""
+    """One line saying what a model computes: recipe, layer kinds and kernels, layers kept float."""
     if not quantization:
         return "float32"
-    labels = sorted({json.dumps(c, sort_keys=True) for c in quantization["layers"].values()})
-    fake = any(json.loads(c).get("fake") for c in labels)
     kept = len(quantization.get("float_layers", []))
-    return (f"{quantization['recipe']}" + (" [FAKE-QUANT: simulated in float, no speed-up]" if fake else "")
-            + f", {len(quantization['layers'])} quantized linear layers" + (f", {kept} kept float" if kept else ""))
+    return f"{quantization['recipe']}: {quantization['computes']}" + (f"; {kept} kept float" if kept else "")
 
 
 def quantize_pipeline(pipe, recipe: str, calibration_samples: int | None = None) -> QuantMethod:
@@ -65,10 +65,21 @@ def quantize_pipeline(pipe, recipe: str, calibration_samples: int | None = None)
 
 def _check_kwargs(pipe, num_samples: int = 4, num_steps: int = 20, seed: int = 2000) -> dict:
     """Sampling settings of the fidelity check in the card (seeds apart from calibration and evaluation)."""
+    if hasattr(pipe, "num_frames"):
+        return dict(num_videos=num_samples, num_sampling_steps=num_steps, seed=seed)
     sampler = "euler" if isinstance(pipe.process, FlowMatching) else "ddim"
     cfg = 4.0 if pipe.model.config.class_dropout_prob > 0 else 1.0
     return dict(class_labels=[i % pipe.num_classes for i in range(num_samples)], num_sampling_steps=num_steps,
                 sampler=sampler, cfg_scale=cfg, seed=seed)
+
+
+def load_any(model: str, device="cpu"):
+    """The image or video pipeline of a ditkit model file (by its metadata format)."""
+    from ..pipeline import load, resolve_model_path
+    if ckpt.read_metadata(resolve_model_path(model)).get("format") == "ditkit-video-dit":
+        from ..video_pipeline import VideoPipeline
+        return VideoPipeline.from_pretrained(model, device)
+    return load(model, device)
 
 
 def quantize_checkpoint(model: str, recipe: str, out: str | Path, calibration_samples: int | None = None,
@@ -76,11 +87,11 @@ def quantize_checkpoint(model: str, recipe: str, out: str | Path, calibration_sa
     """Load ``model``, quantize it with ``recipe``, write ``out`` (.safetensors) and its card (``out`` with suffix
     .json); with ``check``, the card holds the PSNR of 4 final images (20 steps) vs the float model. Returns the card."""
     from ..evaluation.metrics import psnr
-    from ..pipeline import load, resolve_model_path
+    from ..pipeline import resolve_model_path
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {out}: a quantized checkpoint is a .safetensors file")
-    pipe = load(model, device)
+    pipe = load_any(model, device)
     float_bytes = weight_bytes(pipe.model)
     kw = _check_kwargs(pipe)
     ref = pipe(**kw) if check else None
@@ -100,7 +111,8 @@ def quantize_checkpoint(model: str, recipe: str, out: str | Path, calibration_sa
                             if method.needs_calibration() else None)}
     if check:
         card["fidelity"] = {"psnr_db_vs_float_mean": round(float(psnr(pipe(**kw), ref).mean()), 2),
-                            **{k: v for k, v in kw.items() if k != "class_labels"}, "num_samples": len(kw["class_labels"])}
+                            **{k: v for k, v in kw.items() if k not in ("class_labels", "num_videos")},
+                            "num_samples": len(kw.get("class_labels", [])) or kw["num_videos"]}
     card["card"] = str(out.with_suffix(".json"))
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -6,18 +6,25 @@ the quantized weights).
 Methods that calibrate (SmoothQuant balancing, mixed precision) do so in ``prepare(pipe)``, which
 :meth:`ditkit.DiTPipeline.set_recipe` calls before attaching: a few sampling trajectories of the float model.
 
-While attached, ``model.quantization`` describes the layers ({"recipe", "layers": {name: {"kind", **config}},
-"float_layers", "sensitivity"}); a quantized checkpoint stores the same dict in its metadata.
+While attached, ``model.quantization`` describes the layers ({"recipe", "computes" (count x label of the layers),
+"layers": {name: {"kind", **config}}, "float_layers", "sensitivity"}); a quantized checkpoint stores the same dict
+in its metadata.
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections import Counter
 
 import torch.nn as nn
 
 from ..acceleration.registry import Method
 from .calibration import Calls, activation_absmax, layer_sensitivity, record_calls
 from .layers import QuantLinear
+
+
+FAKE_WARNING = ("FAKE-QUANT: the quantized layers simulate integer arithmetic in float32 (for quality studies); "
+                "they are not faster and hold float-sized activations")
 
 
 def linear_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
@@ -112,8 +119,12 @@ class QuantMethod(Method):
         for _, parent, attr, linear, layer in plan:
             setattr(parent, attr, layer)
         self._swapped = [(parent, attr, linear) for _, parent, attr, linear, _ in plan]
-        model.quantization = {"recipe": self.spec(), "layers": {n: {"kind": q.kind, **q.config()} for n, *_, q in plan},
+        labels = Counter(q.label for *_, q in plan)
+        model.quantization = {"recipe": self.spec(), "computes": "; ".join(f"{n} x {lab}" for lab, n in labels.items()),
+                              "layers": {n: {"kind": q.kind, **q.config()} for n, *_, q in plan},
                               "float_layers": kept, "sensitivity": self._sensitivity}
+        if any(getattr(q, "fake", False) for *_, q in plan):
+            warnings.warn(FAKE_WARNING, stacklevel=2)
 
     def detach(self, model: nn.Module) -> None:
         if not self._swapped:
