@@ -1,5 +1,7 @@
 """Quantization: integer codes and packing, quantized layers vs float references, recipes that restore the model
 bit-exactly, quantized checkpoints that reload identically, composition with caching and attention backends, errors."""
+import warnings
+
 import pytest
 import torch
 from acceleration_util import tiny_pipe
@@ -95,6 +97,11 @@ def test_w8a8_per_tensor_runs_fbgemm_and_matches_its_simulation():
     x = torch.randn(20, 64)
     real, fake = (W8A8Linear.from_linear(lin, act="tensor", fake=f) for f in (False, True))
     assert "fbgemm" in real.label
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as flops:
+        real(x)
+        W8A8Linear.from_linear(lin)(x)
+    assert flops.get_total_flops() == 2 * (2 * 20 * 64 * 48)          # integer kernels counted like matmuls
     assert rel(real(x), fake(x)) < 2e-3 and rel(real(x), lin(x)) < 0.02
     real.qweight.copy_(W8A8Linear.from_linear(torch.nn.Linear(64, 48)).qweight)   # repacked after a change
     assert rel(real(x), fake(x)) > 0.5
@@ -129,7 +136,10 @@ def test_weight_only_linear_vs_float(bits, group, bound):
 def test_recipes_quantize_and_detach_restores_bitwise(pipe, reference, spec):
     before = {k: v.clone() for k, v in pipe.model.state_dict().items()}
     qkv = pipe.model.blocks[0].attn.qkv
-    pipe.set_recipe(spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.set_recipe(spec)
+    assert any("FAKE-QUANT" in str(w.message) for w in caught) == ("fake" in spec)
     try:
         q = pipe.model.quantization
         assert q["recipe"] == Recipe(spec).methods[0].spec() and q["layers"]
@@ -232,7 +242,8 @@ def test_quantize_command(pipe, tmp_path, capsys):
     cfg.model.name = "DiT-T/8"
     src = tmp_path / "tiny.safetensors"
     ckpt.save_weights(src, pipe.model.state_dict(), model_metadata(cfg, pipe.model, 0))
-    main(["quantize", "--model", str(src), "--recipe", "w8a8:fake=true", "--out", str(tmp_path / "q.safetensors")])
+    with pytest.warns(UserWarning, match="FAKE-QUANT"):
+        main(["quantize", "--model", str(src), "--recipe", "w8a8:fake=true", "--out", str(tmp_path / "q.safetensors")])
     out = capsys.readouterr().out
     assert "FAKE-QUANT" in out and "smaller" in out and "PSNR" in out
     with pytest.raises(SystemExit):
