@@ -54,10 +54,11 @@ def load_dit(name_or_path: str | Path, device="cpu", model_name: str = "DiT-XL/2
     if meta.get("format") != "ditkit-dit":
         raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT "
                          f"checkpoints load from their .pt file")
-    model = DiT(DiTConfig(**meta["dit_config"]))
-    if meta.get("quantization"):
-        from .quantization.export import install_quantized_layers
-        install_quantized_layers(model, meta["quantization"])
+    if meta.get("quantization"):                # int8/int4 layers, never materialising the float weights
+        from .quantization.export import build_quantized
+        model = build_quantized(lambda: DiT(DiTConfig(**meta["dit_config"])), meta["quantization"])
+    else:
+        model = DiT(DiTConfig(**meta["dit_config"]))
     ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
     return model.to(device).eval(), meta
 

@@ -8,6 +8,7 @@ from acceleration_util import tiny_pipe
 
 from ditkit import checkpoint as ckpt
 from ditkit.acceleration import Recipe
+from ditkit.acceleration.bench import peak_tensor_memory
 from ditkit.acceleration.counting import BlockCounter
 from ditkit.quantization import W8A8Linear, WeightOnlyLinear, quantize_checkpoint, weight_bytes
 from ditkit.quantization.layers import BF16Linear
@@ -174,7 +175,8 @@ def test_quantized_checkpoint_reloads_identically(pipe, tmp_path):
         assert out.with_suffix(".json").is_file()
         live = load(src)
         live.set_recipe(spec.replace("calibration_steps=4", "calibration_steps=4,calibration_samples=2"))
-        loaded = load(out)
+        loaded, peak = peak_tensor_memory(lambda: load(out))      # the float32 weights are never allocated
+        assert peak < 2.2 * card["weight_bytes"] < float_bytes
         assert loaded.model.quantization["recipe"] == live.model.quantization["recipe"]
         assert torch.equal(loaded(**KW), live(**KW))
         with pytest.raises(ValueError, match="already quantized"):

@@ -9,6 +9,7 @@ import json
 import warnings
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from .. import checkpoint as ckpt
@@ -34,6 +35,18 @@ def install_quantized_layers(model: nn.Module, quantization: dict) -> None:
     model.quantization = quantization
     if any(c.get("fake") for c in quantization["layers"].values()):
         warnings.warn(FAKE_WARNING, stacklevel=2)
+
+
+def build_quantized(make_model, quantization: dict) -> nn.Module:
+    """The model of a quantized checkpoint without ever allocating its float32 weights: ``make_model()`` runs on the
+    meta device, the listed layers are replaced, then the model is materialised on the CPU and re-initialised (the
+    caller loads the file into it). Peak memory is the quantized model's, not the float one's."""
+    with torch.device("meta"):
+        model = make_model()
+        install_quantized_layers(model, quantization)
+    model = model.to_empty(device="cpu")
+    model.initialize_weights()              # deterministic values (e.g. the fixed pos_embed) before loading
+    return model
 
 
 def weight_bytes(model: nn.Module) -> int:
