@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shlex
 import statistics
 import time
 from contextlib import contextmanager
@@ -260,7 +261,7 @@ def run(args):
         if args.peers != "diffusers":
             raise ValueError(f"unknown peer {args.peers!r}; valid: diffusers")
         from .peers import diffusers_entries
-        entries += diffusers_entries(pipe, sampling, args.calibration_prompts, args.calibration_seed, seed)
+        entries += diffusers_entries(pipe, sampling, args.calibration_prompts, args.calibration_seed)
     C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
     mnist = (C, H, W, pipe.num_classes) == (1, 32, 32, 10)
     sampling["seed"] = seed
@@ -276,7 +277,7 @@ def run(args):
     settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
                 "time_samples": args.time_samples or args.num_samples,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
-                **sampling, "command": "ditkit bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
+                **sampling, "command": "ditkit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows,

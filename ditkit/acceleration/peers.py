@@ -97,7 +97,7 @@ class DiffusersCounter:
             h.remove()
 
 
-def _entry(pipe, sampling, label, apply):
+def _entry(pipe, label, apply):
     """A bench entry running a fresh converted model with ``apply(dmodel, denoiser)`` hooks."""
     from ..models.diffusers_format import to_diffusers
     from ..pipeline import DiTPipeline
@@ -115,7 +115,7 @@ def _entry(pipe, sampling, label, apply):
 def diffusers_magcache_ratios(pipe, sampling, num_prompts: int, seed: int) -> list[float]:
     """Run diffusers' MagCache calibration mode once and parse the ratios it prints."""
     from diffusers.hooks import MagCacheConfig, apply_mag_cache
-    entry = _entry(pipe, sampling, "calibration", lambda d, _: apply_mag_cache(
+    entry = _entry(pipe, "calibration", lambda d, _: apply_mag_cache(
         d, MagCacheConfig(calibrate=True, num_inference_steps=sampling["num_sampling_steps"])))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -123,7 +123,7 @@ def diffusers_magcache_ratios(pipe, sampling, num_prompts: int, seed: int) -> li
     return ast.literal_eval(re.findall(r"\[[-+0-9.e, ]*\]", out.getvalue())[-1])
 
 
-def diffusers_entries(pipe, sampling: dict, num_prompts: int, calibration_seed: int, seed: int) -> list:
+def diffusers_entries(pipe, sampling: dict, num_prompts: int, calibration_seed: int) -> list:
     """FirstBlockCache, TaylorSeer, MagCache and PyramidAttentionBroadcast, each at its defaults and a tuned setting."""
     from diffusers.hooks import (FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                                  TaylorSeerCacheConfig, apply_first_block_cache, apply_mag_cache,
@@ -149,4 +149,4 @@ def diffusers_entries(pipe, sampling: dict, num_prompts: int, calibration_seed: 
         "PyramidAttentionBroadcast": pab(2, 100, 800),
         "PyramidAttentionBroadcast:skip=3,t=0-1000": pab(3, 0, 1000),
     }
-    return [_entry(pipe, sampling, label, apply) for label, apply in settings.items()]
+    return [_entry(pipe, label, apply) for label, apply in settings.items()]
