@@ -154,7 +154,7 @@ def test_flow_samplers_converge_on_an_analytic_velocity_field():
     assert 1.8 < err["euler", 50] / err["euler", 100] < 2.2      # first order
     assert 3.5 < err["heun", 50] / err["heun", 100] < 4.5        # second order
     with pytest.raises(ValueError, match="does not apply to a flow-matching model"):
-        sample(gaussian_flow(mu, s), x0, proc, "ddim", 10)
+        sample(gaussian_flow(mu, s), x0, proc, "dpm++2m", 10)
 
 
 # ---- classifier-free guidance --------------------------------------------------------------------------------------

@@ -63,8 +63,12 @@ def test_flow_matching_objective_trains(tmp_path):
     pipe = load(out)
     img = pipe([3, 4], num_sampling_steps=2, sampler="euler", cfg_scale=2.0)
     assert img.shape == (2, 1, 32, 32) and torch.isfinite(img).all()
+    # DDIM (eta 0) on a linear flow is algebraically the Euler step
+    torch.testing.assert_close(pipe([3], num_sampling_steps=2, sampler="ddim"), pipe([3], num_sampling_steps=2, sampler="euler"))
     with pytest.raises(ValueError, match="does not apply to a flow-matching model"):
-        pipe([3], num_sampling_steps=2, sampler="ddim")
+        pipe([3], num_sampling_steps=2, sampler="dpm++2m")
+    with pytest.raises(ValueError, match="eta=0"):
+        pipe([3], num_sampling_steps=2, sampler="ddim", eta=0.5)
 
 
 def test_ddp_two_processes_match_one(tmp_path):

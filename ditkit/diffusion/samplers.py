@@ -3,7 +3,9 @@
 Every sampler takes ``model_fn(x, t) -> output`` (already guided; t is the network's timestep: original integer
 DDPM step, or flow time times the process's ``timestep_scale``), the initial noise ``x`` and a :class:`NoiseSource`
 for stochastic steps. Gaussian samplers: ``ddpm`` (ancestral, respaced, learned or fixed variance), ``ddim`` (eta),
-``dpm++2m`` (DPM-Solver++(2M), data prediction, midpoint). Flow samplers: ``euler``, ``heun``.
+``dpm++2m`` (DPM-Solver++(2M), data prediction, midpoint). Flow samplers: ``euler``, ``heun`` and ``ddim``: on the
+linear path x_s = (1 - s) x_data + s eps, DDIM (eta = 0) from the predictions x_data = x + s v, eps = x - (1 - s) v
+gives x' = x + (s - s') v, which is algebraically the Euler step, so ``ddim`` runs Euler on flow models.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from .gaussian import GaussianDiffusion, space_timesteps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-FLOW_SAMPLERS = ("euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun", "ddim")
 
 
 class NoiseSource:
@@ -63,6 +65,8 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
     if isinstance(process, FlowMatching):
         if sampler not in FLOW_SAMPLERS:
             raise ValueError(f"sampler {sampler!r} does not apply to a flow-matching model; use one of {FLOW_SAMPLERS}")
+        if sampler == "ddim" and eta != 0:
+            raise ValueError("a flow-matching model samples DDIM deterministically only: use eta=0")
         return _flow_ode(model_fn, x, process, num_steps, heun=sampler == "heun", progress=progress, cb=step_callback)
     if sampler not in GAUSSIAN_SAMPLERS:
         raise ValueError(f"sampler {sampler!r} does not apply to a DDPM model; use one of {GAUSSIAN_SAMPLERS}")

@@ -46,14 +46,19 @@ def batch_indices(seed: int, step: int, batch: int, n: int) -> torch.Tensor:
 
 
 class EMA:
+    """Exponential moving average of the weights with warm-up: the decay at step s is min(decay, (1 + s) / (10 + s)),
+    so short runs are not dominated by the initial weights (plain 0.999 keeps e^-2 = 14% of them after 2,000 steps)."""
+
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).requires_grad_(False).eval()
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module):
+    def update(self, model: torch.nn.Module, step: int | None = None):
+        """``step`` (0-based optimizer step just taken) enables the warm-up; None uses the plain decay."""
+        decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p, 1 - self.decay)
+            e.lerp_(p, 1 - decay)
 
 
 def checkpoint_dir(results_dir: str | Path) -> Path:
@@ -66,7 +71,8 @@ def latest_checkpoint(results_dir: str | Path) -> Path | None:
 
 
 def model_metadata(cfg: TrainConfig, model, step: int, extra: dict | None = None) -> dict:
-    return {"format": "ditkit-dit", "dit_config": model.config.to_dict(), "train_config": to_dict(cfg), "step": step,
+    return {"format": getattr(model, "format_name", "ditkit-dit"), "dit_config": model.config.to_dict(),
+            "train_config": to_dict(cfg), "step": step,
             **(extra or {})}
 
 
@@ -208,7 +214,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip > 0 else None
         opt.step()
         sched.step()
-        ema.update(model)
+        ema.update(model, step)
         step += 1
         bar.update(1)
         if rank == 0 and (step % t_cfg.log_every == 0 or step == end):
