@@ -4,7 +4,8 @@ import torch
 
 from ditkit.acceleration.fastattn import WindowResidualAttention
 from ditkit.acceleration.registry import Recipe
-from ditkit.acceleration.sta import auto_window, sliding_tile_attention, sta_density
+from ditkit.acceleration.sta import (auto_window, search_windows, sliding_tile_attention, sta_density,
+                                     window_candidates)
 from ditkit.acceleration.svg import classify_heads, sparse_videogen
 from ditkit.acceleration.topk import topk_attention
 from ditkit.attention.blocksparse import band_index, block_sparse_attention, window_index
@@ -94,6 +95,20 @@ def test_sparse_backends_match_their_masks():
     torch.testing.assert_close(out, from_tiles(ref, LAYOUT, (2, 4, 4)), atol=1e-5, rtol=0)
 
 
+def test_sta_mask_search_picks_the_best_window_per_head():
+    q, k, v = qkv(B=1)
+    candidates = window_candidates((2, 2, 2), 2)
+    assert sorted(candidates) == [(1, 1, 2), (1, 2, 1), (2, 1, 1)]
+    chosen = search_windows(q, k, v, LAYOUT, (2, 4, 4), candidates, rows=256)      # all rows: exact errors
+    ref = sdpa(q, k, v)
+    for h in range(3):
+        errs = [(sliding_tile_attention(q, k, v, LAYOUT, (2, 4, 4), [w]) - ref)[:, h].pow(2).mean() for w in candidates]
+        assert chosen[h] == candidates[int(torch.stack(errs).argmin())]
+    mixed = sliding_tile_attention(q, k, v, LAYOUT, (2, 4, 4), chosen)               # per-head windows, one call
+    for h in range(3):
+        torch.testing.assert_close(mixed[:, h], sliding_tile_attention(q, k, v, LAYOUT, (2, 4, 4), [chosen[h]])[:, h])
+
+
 def test_svg_classifies_spatial_and_temporal_heads():
     g = torch.Generator().manual_seed(1)
     pos = torch.randn(1, 1, 1, 64, 16, generator=g) * 2                   # same position -> same key in every frame
@@ -162,11 +177,11 @@ def test_recipes_run_in_a_model_and_short_calls_stay_dense():
                 r.reset(10)
                 r.begin_step(5, 10)
                 assert torch.equal(model(x, t, y), ref)                  # 256 tokens < min_tokens: dense
-        for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "topk:tile=1x4x4", "fastattn:tile=1x4x4",
-                     "linear"]:
+        for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "sta:tile=1x4x4,window=search",
+                     "topk:tile=1x4x4", "fastattn:tile=1x4x4", "linear"]:
             with Recipe(f"{spec},min_tokens=0".replace("linear,", "linear:")).applied(model) as r:
                 r.reset(10)
-                for step in range(5):                                # ends on a sparse step
+                for step in range(4):                                # ends on a sparse step
                     r.begin_step(step, 10)
                     out = model(x, t, y)
                 assert torch.isfinite(out).all() and not torch.equal(out, ref)

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ..attention.method import AttentionMethod, softmax_attention_layers
+from .. import checkpoint as ckpt
+from ..attention.method import AttentionMethod
 from ..models.attention import TokenLayout, sdpa
 from .bench import peak_tensor_memory, split_recipes
-from .registry import REGISTRY, Recipe, _load_builtin_methods, build_method, parse_recipe
+from .registry import REGISTRY, _load_builtin_methods, build_method, parse_recipe
 
 VIDEO_MODEL, IMAGE_MODEL = "moving-mnist-vdt", "mnist-dit"
 
@@ -67,7 +68,6 @@ def interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
 def model_on_canvas(name: str, layout: TokenLayout):
     """A trained model (bundled name or file) rebuilt for ``layout`` (frames x token grid; pos_embed recomputed for
     the canvas); returns (model, 'video' | 'image'), or None if there is no such model."""
-    from .. import checkpoint as ckpt
     from ..pipeline import resolve_model_path
     try:
         path = resolve_model_path(name)
@@ -83,7 +83,8 @@ def model_on_canvas(name: str, layout: TokenLayout):
     else:
         from ..models.dit import DiT, DiTConfig
         model, kind = DiT(DiTConfig(**cfg)), "image"
-    ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
+    weights = {k: v for k, v in ckpt.load_weights(path).items() if k != "pos_embed"}    # sin-cos, per canvas
+    ckpt.load_state_dict_strict(model, weights, str(path), optional=("pos_embed",))
     return model.eval(), kind
 
 
@@ -193,31 +194,43 @@ def linear_crossover(heads: int, head_dim: int, repeats: int, lengths=(64, 128, 
 
 
 def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: int, cfg_scale: float,
-               log=print) -> list[dict]:
-    """Sample the bundled video DiT on a ``canvas`` x ``canvas`` x ``frames`` video, dense and with each recipe
-    (same seed and noise); wall clock and PSNR / SSIM vs dense."""
+               model_name: str = VIDEO_MODEL, repeats: int = 1, log=print) -> list[dict]:
+    """Sample a trained model rebuilt for a ``canvas`` x ``canvas`` canvas — a video DiT: one ``frames``-frame video;
+    an image DiT: ``frames`` images — dense and with each recipe (same seeds, so the same noise); median wall clock
+    of ``repeats`` interleaved runs, PSNR / SSIM vs dense."""
     from ..evaluation.metrics import psnr, ssim
-    from ..video_pipeline import VideoPipeline, load_video_dit
-    model, meta = load_video_dit(VIDEO_MODEL)
-    p = model.config.patch_size
+    from ..pipeline import DiTPipeline, resolve_model_path
+    p = ckpt.read_metadata(resolve_model_path(model_name))["dit_config"]["patch_size"]
     layout = TokenLayout(frames, canvas // p, canvas // p)
-    model, _ = model_on_canvas(VIDEO_MODEL, layout)
-    pipe = VideoPipeline.from_pretrained(VIDEO_MODEL)
+    model, kind = model_on_canvas(model_name, layout)
+    if kind == "video":
+        from ..video_pipeline import VideoPipeline
+        pipe = VideoPipeline.from_pretrained(model_name)
+        generate = lambda: pipe(labels=torch.tensor([[3] * frames]), num_sampling_steps=steps, cfg_scale=cfg_scale,
+                                seed=seed)
+    else:
+        pipe = DiTPipeline.from_pretrained(model_name)
+        generate = lambda: pipe([i % 10 for i in range(frames)], num_sampling_steps=steps, cfg_scale=cfg_scale,
+                                seed=seed)
     pipe.model = model
-    labels = torch.tensor([[3] * frames])
-    rows, ref = [], None
-    for spec in ["none", *recipes]:
-        pipe.set_recipe(None if spec == "none" else spec)
-        t0 = time.perf_counter()
-        video = pipe(labels=labels, num_sampling_steps=steps, cfg_scale=cfg_scale, seed=seed)
-        sec = time.perf_counter() - t0
-        ref = video if ref is None else ref
-        row = {"recipe": spec, "seconds": round(sec, 2), "speedup": round(rows[0]["seconds"] / sec, 3) if rows else 1.0,
-               "psnr": min(float(psnr(video, ref).mean()), 100.0), "ssim": float(ssim(video, ref).mean()),
-               "tokens_per_frame": layout.height * layout.width, "frames": frames}
+    specs = ["none", *recipes]
+    videos, times = {}, {s: [] for s in specs}
+    for r in range(repeats):
+        for spec in specs[r % len(specs):] + specs[:r % len(specs)]:
+            pipe.set_recipe(None if spec == "none" else spec)
+            t0 = time.perf_counter()
+            videos[spec] = generate()
+            times[spec].append(time.perf_counter() - t0)
+    pipe.set_recipe(None)
+    rows = []
+    for spec in specs:
+        sec = statistics.median(times[spec])
+        row = {"recipe": spec, "seconds": round(sec, 2), "speedup": round(statistics.median(times["none"]) / sec, 3),
+               "psnr": min(float(psnr(videos[spec], videos["none"]).mean()), 100.0),
+               "ssim": float(ssim(videos[spec], videos["none"]).mean()), "model": model_name, "kind": kind,
+               "canvas": canvas, "frames": frames, "tokens_per_frame": layout.height * layout.width, "steps": steps}
         rows.append(row)
         log(f"  e2e {spec:28s} {sec:8.1f} s  x{row['speedup']:.2f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}")
-    pipe.set_recipe(None)
     return rows
 
 
@@ -244,7 +257,8 @@ def run(args):
     rows = []
     for n in (int(t) for t in args.tokens.split(",")):
         layout = parse_layout(args.layout, n)
-        real = None if args.random else capture_activations(layout)
+        models = (VIDEO_MODEL, IMAGE_MODEL) if args.activations == "auto" else (args.activations,)
+        real = None if args.random else capture_activations(layout, models)
         log(f"{n} tokens, layout {layout.shape}, {args.heads} heads x {args.head_dim}; errors on "
             f"{real[1] if real else 'random tensors'}")
         rows += bench_tokens(n, layout, args.heads, args.head_dim, backends, args.repeats, real, log=log)
@@ -257,7 +271,7 @@ def run(args):
     if args.e2e:
         recipes = split_recipes(args.e2e_recipes) if args.e2e_recipes else [b for b in backends if b != "linear"]
         result["end_to_end"] = end_to_end(recipes, args.e2e_canvas, args.e2e_frames, args.e2e_steps, args.seed,
-                                          args.e2e_cfg, log)
+                                          args.e2e_cfg, args.e2e_model, args.e2e_repeats, log)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -274,12 +288,16 @@ def register(sub):
                                       "(default: every registered backend at its defaults)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--activations", default="auto", help="model whose q, k, v measure the errors: bundled name or "
+                                                          "file (default: the bundled video DiT, else the image DiT)")
     p.add_argument("--random", action="store_true", help="measure errors on random tensors, not real activations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--e2e", action="store_true", help="also sample the bundled video DiT dense vs each recipe")
+    p.add_argument("--e2e-model", default=VIDEO_MODEL, help="trained video (or image) DiT: bundled name or file")
+    p.add_argument("--e2e-repeats", type=int, default=1, help="interleaved timed runs per recipe (median)")
     p.add_argument("--e2e-recipes", help="recipes for --e2e (default: the sparse backends)")
     p.add_argument("--e2e-canvas", type=int, default=256, help="video side in pixels (the model trained on 32)")
-    p.add_argument("--e2e-frames", type=int, default=8)
+    p.add_argument("--e2e-frames", type=int, default=8, help="video frames (image DiT: images)")
     p.add_argument("--e2e-steps", type=int, default=20)
     p.add_argument("--e2e-cfg", type=float, default=1.0)
     p.add_argument("--json", help="write rows (+ crossover, end to end) to this JSON file")

@@ -3,9 +3,9 @@
 On a *full* step a layer computes full attention O and its local-window attention W and stores R = O - W; on the
 following steps it computes only the window attention and outputs W + R, R reused from the last full step. The
 window is a sliding tile window (1D/2D/3D, as :mod:`ditkit.acceleration.sta`). Full steps are the first
-``warmup`` steps and then every ``refresh``-th step (DiTFastAttn chooses them per layer by calibration; a fixed
-schedule here). Residuals are kept per (layer, CFG branch) and dropped at every reset; a shape change forces a
-full step.
+``warmup`` steps and every ``refresh``-th step (0, 4, 8, ... by default; DiTFastAttn chooses them per layer by
+calibration, a fixed schedule here). Residuals are kept per (layer, CFG branch) and dropped at every reset; a
+shape change forces a full step.
 
     pipe.set_recipe("fastattn:density=0.25,refresh=4")
 """
@@ -42,7 +42,7 @@ class WindowResidualAttention(AttentionMethod):
                                       self.density)
 
     def full_step(self) -> bool:
-        return self.step < self.warmup or (self.step - self.warmup) % self.refresh == 0
+        return self.step < self.warmup or self.step % self.refresh == 0
 
     def prime(self, key, q, k, v, layout):
         """Full attention; stores the residual under ``key`` and returns the full output."""

@@ -4,11 +4,14 @@ Tokens are regrouped into (tf, th, tw) tiles; each query tile attends to the (wf
 the window's centre clamped inside the tile grid, so every (query tile, key tile) pair is fully dense or empty and
 the whole call is block-sparse attention over tiles (4-D SDPA on gathered tiles). Windows can differ per head
 (``window="3x3x3;1x5x5;..."``, one per head); ``window="auto"`` takes the largest window whose density does not
-exceed ``density``. The first ``full_steps`` fraction of sampling steps uses full attention (STA: 12 of 50).
+exceed ``density``; ``window="search"`` runs STA's training-free mask search online: at a layer's first sparse
+call of a generation every window shape of that many tiles is scored per head on sampled query rows (MSE vs exact
+attention) and the best is kept for the rest of the generation. The first ``full_steps`` fraction of sampling
+steps uses full attention (STA: 12 of 50).
 Tiles are ``tile`` (default 4x8x8 for video, 1x16x16 for images; STA uses 6x8x8) shrunk per dimension to divide
 the layout.
 
-    pipe.set_recipe("sta:window=2x3x3")          # or "sta:density=0.25" / per head "sta:window=1x4x4;4x2x2"
+    pipe.set_recipe("sta:window=2x3x3")   # or "sta:density=0.25", "sta:window=search", per head "sta:window=1x4x4;4x2x2"
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 from ..attention.blocksparse import block_sparse_attention, window_index
 from ..attention.layout import auto_tile, from_tiles, tile_grid, to_tiles
 from ..attention.method import AttentionMethod, dense_fraction, parse_triples
-from ..models.attention import TokenLayout
+from ..models.attention import TokenLayout, sdpa
 from .registry import register
 
 
@@ -35,25 +38,53 @@ def auto_window(grid: tuple[int, int, int], density: float) -> tuple[int, int, i
 def sliding_tile_attention(q, k, v, layout: TokenLayout | None, tile=None, windows=None,
                            density: float = 0.25) -> torch.Tensor:
     """q, k, v [B, h, N, d] frame-major; ``windows``: one (wf, wh, ww) for all heads, a list of one per head, or None
-    (auto from ``density``). Returns [B, h, N, d]."""
+    (auto from ``density``). Heads whose windows have the same number of tiles share one call. Returns [B, h, N, d]."""
     layout = layout or TokenLayout(1, 1, q.shape[2])
     tile = auto_tile(layout, tile)
     grid = tile_grid(layout, tile)
     H = q.shape[1]
-    windows = windows or [auto_window(grid, density)]
+    windows = [tuple(min(w, g) for w, g in zip(win, grid)) for win in (windows or [auto_window(grid, density)])]
     if len(windows) not in (1, H):
         raise ValueError(f"give one STA window or one per head ({H}), got {len(windows)}")
     qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
     T = math.prod(tile)
     if len(set(windows)) == 1:
-        out = block_sparse_attention(qt, kt, vt, window_index(grid, windows[0], q.device)[None, None], T)
-    else:
-        out = torch.empty_like(qt)
-        for w in sorted(set(windows)):
-            heads = torch.tensor([h for h in range(H) if windows[h] == w], device=q.device)
-            sel = lambda t: t.index_select(1, heads)
-            out[:, heads] = block_sparse_attention(sel(qt), sel(kt), sel(vt), window_index(grid, w, q.device)[None, None], T)
+        return from_tiles(block_sparse_attention(qt, kt, vt, window_index(grid, windows[0], q.device)[None, None], T),
+                          layout, tile)
+    out = torch.empty_like(qt)
+    for size in sorted({math.prod(w) for w in windows}):
+        heads = [h for h in range(H) if math.prod(windows[h]) == size]
+        idx = torch.stack([window_index(grid, windows[h], q.device) for h in heads])[None]     # [1, h', nt, K]
+        sel = torch.tensor(heads, device=q.device)
+        out[:, sel] = block_sparse_attention(*(t.index_select(1, sel) for t in (qt, kt, vt)), idx, T)
     return from_tiles(out, layout, tile)
+
+
+def window_candidates(grid: tuple[int, int, int], size: int) -> list[tuple[int, int, int]]:
+    """Every window shape of exactly ``size`` tiles that fits the grid (the search space of the mask search)."""
+    return [(a, b, size // (a * b)) for a in range(1, grid[0] + 1) for b in range(1, grid[1] + 1)
+            if size % (a * b) == 0 and size // (a * b) <= grid[2]]
+
+
+def search_windows(q, k, v, layout: TokenLayout, tile, candidates, rows: int = 64, generator=None) -> list:
+    """STA's training-free mask search, online: per head, the candidate window whose attention on ``rows`` sampled
+    query rows has the lowest MSE vs exact attention (errors pooled over the batch, i.e. over CFG halves)."""
+    B, H, N, D = q.shape
+    grid = tile_grid(layout, tile)
+    ids = to_tiles(torch.arange(N, dtype=torch.float64).view(1, 1, N, 1), layout, tile).view(-1).long()
+    tile_of = torch.empty(N, dtype=torch.long).scatter_(0, ids, torch.arange(N) // math.prod(tile)).to(q.device)
+    r = torch.randperm(N, generator=generator)[:rows].to(q.device)
+    p = torch.softmax((q[:, :, r] @ k.transpose(-2, -1)) * D ** -0.5, dim=-1)           # [B, h, R, N]
+    exact = p @ v
+    errors = []
+    for window in candidates:
+        nt = math.prod(grid)
+        adjacent = torch.zeros(nt, nt, dtype=torch.bool, device=q.device)
+        adjacent.scatter_(1, window_index(grid, window, q.device), True)
+        pm = p * adjacent[tile_of[r]][:, tile_of]
+        out = (pm @ v) / pm.sum(-1, keepdim=True).clamp_min(1e-30)
+        errors.append((out - exact).pow(2).mean(dim=(0, 2, 3)))                          # [h]
+    return [candidates[i] for i in torch.stack(errors).argmin(0).tolist()]
 
 
 def sta_density(layout: TokenLayout, tile=None, windows=None, density: float = 0.25) -> float:
@@ -72,12 +103,37 @@ class SlidingTileAttention(AttentionMethod):
     density: float = 0.25
     full_steps: float = 0.24
 
-    def kernel(self, q, k, v, layout):
-        windows = parse_triples(self.window)
-        return sliding_tile_attention(q, k, v, layout, parse_triples(self.tile, [None])[0], windows, self.density)
+    def kernel(self, q, k, v, layout, layer=None):
+        layout = layout or TokenLayout(1, 1, q.shape[2])
+        tile = parse_triples(self.tile, [None])[0]
+        if self.window != "search":
+            return sliding_tile_attention(q, k, v, layout, tile, parse_triples(self.window), self.density)
+        key = (layer, q.shape, layout)
+        if key not in self.searched:
+            tile = auto_tile(layout, tile)
+            grid = tile_grid(layout, tile)
+            candidates = window_candidates(grid, math.prod(auto_window(grid, self.density)))
+            self.searched[key] = search_windows(q, k, v, layout, tile, candidates, generator=self.generator)
+        return sliding_tile_attention(q, k, v, layout, tile, self.searched[key])
 
     def layout_density(self, layout: TokenLayout) -> float:
-        return sta_density(layout, parse_triples(self.tile, [None])[0], parse_triples(self.window), self.density)
+        windows = None if self.window == "search" else parse_triples(self.window)
+        return sta_density(layout, parse_triples(self.tile, [None])[0], windows, self.density)
 
     def dense(self, layer: int, num_layers: int) -> bool:
         return dense_fraction(self.step, self.num_steps, self.full_steps)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reset(self.num_steps)
+
+    def reset(self, num_steps: int) -> None:
+        super().reset(num_steps)
+        self.searched, self.generator = {}, torch.Generator().manual_seed(0)
+
+    def make_backend(self, layer: int, num_layers: int):
+        def backend(q, k, v, layout):
+            if q.shape[2] < self.min_tokens or self.dense(layer, num_layers):
+                return sdpa(q, k, v)
+            return self.kernel(q, k, v, layout, layer)
+        return backend

@@ -65,6 +65,8 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     block = fit_block(N, block)
     nb = N // block
     idx = band_index(nb, max(1, round(density * nb)), q.device)
+    if layout.frames == 1:                                   # one frame: the two masks coincide
+        return band_attention(q.contiguous(), k.contiguous(), v.contiguous(), block, idx.shape[1])
     temporal = classify_heads(q, k, v, layout, idx, block, rows, generator).view(-1)
     attend = lambda q_, k_, v_: band_attention(q_.contiguous(), k_.contiguous(), v_.contiguous(), block, idx.shape[1])
     in_time = lambda q_, k_, v_: from_temporal(attend(*(to_temporal(t, layout) for t in (q_, k_, v_))), layout)

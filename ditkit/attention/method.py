@@ -1,6 +1,7 @@
 """The recipe side of attention backends: :class:`AttentionMethod` installs a backend on selected layers and heads
 of every ditkit :class:`~ditkit.models.attention.Attention` and keeps the sampling state backends need (step,
-CFG branch). Subclasses implement ``make_backend(layer, num_layers)``.
+CFG branch). Subclasses implement ``kernel`` (the efficient attention), ``layout_density`` and, for warm-up rules,
+``dense``; methods with per-layer state override ``make_backend``.
 
 Selections are recipe strings: ``layers="all"`` / ``"2-5"`` / ``"0;3;7"`` (``;`` because ``,`` separates
 parameters), the same for ``heads``. Heads outside the selection keep the backend they had (dense by default), so
@@ -44,7 +45,7 @@ def parse_triples(spec, default=None) -> list[tuple[int, int, int]]:
 
 
 def softmax_attention_layers(model) -> list[Attention]:
-    """The model's softmax Attention modules in forward (registration) order."""
+    """The model's softmax Attention modules in registration order (``model.modules()``)."""
     return [m for m in model.modules() if isinstance(m, Attention) and not isinstance(m, LinearAttention)]
 
 

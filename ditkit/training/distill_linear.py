@@ -108,6 +108,7 @@ def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, i
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
+        ema.decay = min(ema_decay, (1 + step) / (10 + step))     # EMA warm-up: short runs forget the init
         ema.update(student)
         step += 1
         for k, v in terms.items():
