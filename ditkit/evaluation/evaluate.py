@@ -169,7 +169,11 @@ def run_image_eval(args) -> dict:
 
 
 def run(args):
-    result = run_image_eval(args)
+    if args.task:
+        from .video import run_video_eval
+        result = run_video_eval(args)
+    else:
+        result = run_image_eval(args)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,4 +188,8 @@ def register(sub):
     add_sampling_args(p)
     p.add_argument("--num-samples", type=int, default=1000, help="class-balanced samples to generate (label i %% 10)")
     p.add_argument("--json", help="also write all results to this JSON file")
+    p.add_argument("--task", choices=("predict", "interpolate", "complete", "story"),
+                   help="video models: score this masked task on held-out Moving MNIST against a baseline (PSNR/SSIM; "
+                        "story: label accuracy, guided by --cfg-scale)")
+    p.add_argument("--num-videos", type=int, default=200, help="--task: held-out clips to evaluate")
     p.set_defaults(fn=run)

@@ -8,18 +8,21 @@ def run(args):
     from ..config import load_config, to_dict
     from .config import TrainConfig
     from .trainer import train
-    cfg = load_config(TrainConfig, args.config, args.set)
+    from .video import VideoTrainConfig, is_video_config, train_video
+    video = is_video_config(args.config)
+    cfg = load_config(VideoTrainConfig if video else TrainConfig, args.config, args.set)
     if args.print_config:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return
     t0 = time.time()
-    out = train(cfg, resume=args.resume, progress=False if args.no_progress else None, max_steps=args.max_steps)
+    out = (train_video if video else train)(cfg, resume=args.resume, progress=False if args.no_progress else None,
+                                            max_steps=args.max_steps)
     print(f"wrote {out} ({time.time() - t0:.1f} s)")
 
 
 def register(sub):
-    t = sub.add_parser("train", help="train a DiT from a config file")
+    t = sub.add_parser("train", help="train a DiT (or a VideoDiT: model.name VideoDiT-...) from a config file")
     t.add_argument("--config", required=True, help="YAML config (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")

