@@ -24,5 +24,10 @@ demo: $(STAMP)
 test: $(DEVSTAMP)
 	$(BIN)/python -m pytest -q
 
+# The acceleration benchmark on the bundled model (rewrites BENCHMARKS.md; ~30+ minutes on 2 CPU cores).
+bench: $(DEVSTAMP)
+	$(BIN)/ditkit bench --model mnist-dit --sampler ddim --peers diffusers --num-samples 100 --time-samples 20 \
+	    --repeats 3 --json out/bench.json --plot docs/bench-mnist-dit.png --markdown BENCHMARKS.md
+
 clean:
 	rm -rf out runs
