@@ -1,6 +1,7 @@
 """LiT conversion: LinearAttention, weight inheritance, hybrid distillation, and a loadable student."""
 import json
 
+import pytest
 import torch
 
 import ditkit
@@ -12,9 +13,11 @@ from ditkit.training.distill_linear import build_student, distill, hybrid_losses
 from ditkit.training.trainer import model_metadata
 
 
-def _teacher():
+def _teacher(objective="ddpm"):
     cfg = TrainConfig()
     cfg.model.name = "DiT-T/8"
+    if objective == "flow":
+        cfg.diffusion.objective, cfg.diffusion.timestep_scale, cfg.model.learn_sigma = "flow", 1000.0, False
     torch.manual_seed(0)
     model = build_model(cfg.model)
     for p in model.parameters():                                  # a "trained" teacher: nothing zero-initialised
@@ -62,8 +65,9 @@ def test_hybrid_losses_match_teacher_terms():
     assert student.blocks[0].attn.dwconv.weight.grad.abs().sum() > 0
 
 
-def test_distill_writes_a_loadable_model_with_a_card(tmp_path):
-    cfg, teacher = _teacher()
+@pytest.mark.parametrize("objective", ["ddpm", "flow"])
+def test_distill_writes_a_loadable_model_with_a_card(tmp_path, objective):
+    cfg, teacher = _teacher(objective)
     ckpt.save_weights(tmp_path / "teacher.safetensors", teacher.state_dict(), model_metadata(cfg, teacher, 10))
     out = distill(str(tmp_path / "teacher.safetensors"), tmp_path / "lit.safetensors", steps=2, batch_size=4,
                   log_every=1, log=lambda m: None)
@@ -71,4 +75,5 @@ def test_distill_writes_a_loadable_model_with_a_card(tmp_path):
     assert card["steps"] == 2 and card["teacher_step"] == 10 and "distill_eps" in card["final_losses"]
     pipe = ditkit.load(out)
     assert isinstance(pipe.model.blocks[0].attn, LinearAttention) and pipe.model.config.attention == "linear"
-    assert pipe([1, 2], num_sampling_steps=2).shape == (2, 1, 32, 32)
+    sampler = "ddim" if objective == "ddpm" else "euler"
+    assert pipe([1, 2], num_sampling_steps=2, sampler=sampler).shape == (2, 1, 32, 32)

@@ -4,8 +4,9 @@
    ``--heads`` heads, depth-wise ``--conv`` convolution on V).
 2. Weight inheritance: every teacher weight is copied; with ``--no-inherit-attention`` the attention's qkv/proj are
    left at their fresh initialisation (LiT's ablation); the depth-wise conv starts at zero either way.
-3. Hybrid distillation: the usual DDPM loss (eps MSE + VB with learned sigma) plus the MSE of the student's noise
-   prediction to the teacher's and, with learned sigma, of its variance interpolation values to the teacher's.
+3. Hybrid distillation: the usual loss (DDPM: eps MSE + VB with learned sigma; flow matching: velocity MSE) plus the
+   MSE of the student's prediction to the teacher's and, with learned sigma, of its variance interpolation values
+   to the teacher's.
 
 The result is an ordinary ditkit model file (``ditkit.load(PATH)``) with a JSON card next to it.
 """
@@ -41,8 +42,9 @@ def build_student(teacher: DiT, heads: int = 2, conv: int = 5, inherit_attention
 
 def hybrid_losses(process, student, teacher, x0, t, noise, model_kwargs: dict, w_eps: float = 1.0,
                   w_var: float = 1.0) -> dict:
-    """LiT hybrid distillation: per-sample ``loss`` = DDPM loss + w_eps * |eps_s - eps_t|^2 + w_var * |v_s - v_t|^2
-    (v = the learned-variance channels). x0, noise [N, C, H, W]; t [N] (process indices)."""
+    """LiT hybrid distillation: per-sample ``loss`` = the process's loss + w_eps * |eps_s - eps_t|^2 (the prediction:
+    noise, or velocity for flow matching) + w_var * |v_s - v_t|^2 (v = the learned-variance channels, if any).
+    x0, noise [N, C, H, W]; t [N] (DDPM indices or flow times)."""
     outs = {}
 
     def both(xt, tt, **kw):
@@ -64,9 +66,10 @@ def hybrid_losses(process, student, teacher, x0, t, noise, model_kwargs: dict, w
 def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, inherit_attention: bool = True,
             steps: int = 3000, minutes: float | None = None, batch_size: int = 64, lr: float = 5e-4,
             warmup: int = 100, ema_decay: float = 0.999, w_eps: float = 1.0, w_var: float = 1.0, seed: int = 0,
-            log_every: int = 50, log=print) -> Path:
+            log_every: int = 50, save_every: int = 100, log=print) -> Path:
     """Distil ``teacher_name`` (bundled name or file) into a linear DiT saved at ``out``; returns the path.
-    Stops after ``steps`` or ``minutes`` of wall clock, whichever comes first; writes ``out`` every 500 steps."""
+    Stops after ``steps`` or ``minutes`` of wall clock, whichever comes first; writes ``out`` every ``save_every``
+    steps."""
     from ..build import build_process
     from ..pipeline import load_dit
     teacher, meta = load_dit(teacher_name)
@@ -99,7 +102,8 @@ def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, i
         idx = batch_indices(seed, step, batch_size, len(data.images))
         x0, y = data.images[idx], data.labels[idx]
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, process.num_timesteps, (batch_size,), generator=g)
+        t = torch.randint(0, process.num_timesteps, (batch_size,), generator=g) if cfg.diffusion.objective == "ddpm" \
+            else process.sample_t(batch_size, g)
         drop = torch.rand(batch_size, generator=g) < cfg.model.class_dropout_prob
         terms = hybrid_losses(process, student, teacher, x0, t, noise, {"y": y, "force_drop_ids": drop}, w_eps, w_var)
         loss = terms["loss"].mean()
@@ -116,7 +120,7 @@ def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, i
         if step % log_every == 0:
             log(json.dumps({"step": step, **{k: round(v, 5) for k, v in avg.items()},
                             "elapsed_sec": round(time.time() - t0, 1)}))
-        if step % 500 == 0:
+        if step % save_every == 0:
             save()
     save()
     return out
