@@ -40,6 +40,8 @@ class W8A8(QuantMethod):
         return self.smooth is not None
 
     def make_layer(self, linear, act_absmax):
-        s = smooth_scales(act_absmax, linear.weight, self.smooth) if self.smooth is not None else None
+        # a layer the calibration trajectories never reached has no statistics: it is quantized unsmoothed
+        smooth = self.smooth is not None and act_absmax is not None
+        s = smooth_scales(act_absmax, linear.weight, self.smooth) if smooth else None
         return W8A8Linear.from_linear(linear, s, weight_bits=self.weight_bits, act_bits=self.act_bits, act=self.act,
                                       group_size=self.group_size, fake=self.fake)
