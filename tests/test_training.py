@@ -12,7 +12,7 @@ from ditkit.checkpoint import load_weights
 from ditkit.config import load_config
 from ditkit.data.images import image_folder, mnist_split
 from ditkit.training.config import TrainConfig
-from ditkit.training.trainer import latest_checkpoint, train
+from ditkit.training.trainer import latest_checkpoint, lr_factor, train
 
 TINY = ["model.name=DiT-T/8", "train.global_batch_size=8", "train.warmup_steps=2", "train.log_every=1",
         "train.ckpt_every=3", "train.num_threads=1", "train.ema_decay=0.9"]
@@ -41,6 +41,22 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert sa["step"] == sb["step"] == 6
     for k, st in sa["optimizer"]["state"].items():
         assert torch.equal(st["exp_avg"], sb["optimizer"]["state"][k]["exp_avg"])
+
+
+def test_lr_schedule_warmup_constant_linear_decay(tmp_path):
+    t = tiny_cfg(tmp_path, "train.steps=10", "train.warmup_steps=4", "train.decay_start=6").train
+    assert [lr_factor(s, t) for s in range(11)] == [0.25, 0.5, 0.75, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0]
+    constant = tiny_cfg(tmp_path, "train.steps=10", "train.warmup_steps=4").train
+    assert lr_factor(9, constant) == 1.0
+    # resuming a decayed run across a checkpoint is still bitwise exact
+    full = train(tiny_cfg(tmp_path / "full", "train.steps=6", "train.decay_start=2"), progress=False)
+    part = tiny_cfg(tmp_path / "part", "train.steps=6", "train.decay_start=2")
+    train(part, progress=False, max_steps=3)
+    resumed = train(part, resume="auto", progress=False)
+    a, b = load_weights(full), load_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [float(l.split('"lr": ')[1].split(",")[0]) for l in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] == 0.0 and lrs[2] < lrs[1]
 
 
 def test_training_is_deterministic_and_learns(tmp_path):

@@ -37,6 +37,7 @@ class TrainSection:
     global_batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 500
+    decay_start: int | None = None   # linear LR decay to 0 from this step to `steps`; None = constant after warm-up
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

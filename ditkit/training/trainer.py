@@ -1,4 +1,4 @@
-"""``ditkit train``: AdamW, warm-up then constant LR, gradient clipping, EMA, optional bf16 autocast, JSONL log,
+"""``ditkit train``: AdamW, warm-up then constant LR (optionally linear decay to 0), gradient clipping, EMA, optional bf16 autocast, JSONL log,
 atomic checkpoints with exact resume, and data parallel under ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
 
 Randomness is a pure function of (seed, step): each step draws its batch indices, noise, timesteps and label-drop
@@ -59,6 +59,19 @@ class EMA:
         decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         for e, p in zip(self.model.parameters(), model.parameters()):
             e.lerp_(p, 1 - decay)
+
+
+def lr_factor(step: int, t_cfg) -> float:
+    """LR multiplier after ``step`` optimizer steps: linear warm-up, constant, then (with ``decay_start``) linear
+    decay to 0 at ``steps``. A pure function of the step, so resume and a changed ``steps`` stay consistent."""
+    factor = min(1.0, (step + 1) / max(t_cfg.warmup_steps, 1))
+    if t_cfg.decay_start is not None and step >= t_cfg.decay_start:
+        factor *= max(0.0, (t_cfg.steps - step) / max(t_cfg.steps - t_cfg.decay_start, 1))
+    return factor
+
+
+def make_lr_schedule(opt, t_cfg):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t_cfg))
 
 
 def checkpoint_dir(results_dir: str | Path) -> Path:
@@ -141,7 +154,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     if t_cfg.global_batch_size % world:
         raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
     local_batch = t_cfg.global_batch_size // world
-    results = Path(t_cfg.results_dir)
 
     data = load_image_data(cfg.data.name, cfg.data.image_size, cfg.data.path, cfg.data.channels)
     if data.num_classes > cfg.model.num_classes:
@@ -162,11 +174,36 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     torch.manual_seed(t_cfg.seed)
     model = build_model(cfg.model, model_channels, model_size).to(device)
     process = build_process(cfg.diffusion, cfg.model.learn_sigma)
+    B, lo = t_cfg.global_batch_size, rank * local_batch
+
+    def losses(train_model, step: int, g: torch.Generator) -> dict:
+        idx = batch_indices(t_cfg.seed, step, B, len(data.images))[lo:lo + local_batch]
+        x = data.images[idx].to(device)
+        y = data.labels[idx].to(device)
+        if autoencoder is not None:
+            x = autoencoder.encode(x)
+        noise = torch.randn((B, *x.shape[1:]), generator=g)[lo:lo + local_batch].to(device)
+        if cfg.diffusion.objective == "ddpm":
+            t = torch.randint(0, process.num_timesteps, (B,), generator=g)[lo:lo + local_batch].to(device)
+        else:
+            t = process.sample_t(B, g)[lo:lo + local_batch].to(device)
+        drop = (torch.rand(B, generator=g) < cfg.model.class_dropout_prob)[lo:lo + local_batch].to(device)
+        return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop})
+
+    return run_training(cfg, model, losses, device, rank, world, resume, progress, max_steps)
+
+
+def run_training(cfg, model, losses, device: torch.device, rank: int, world: int, resume: str | None,
+                 progress: bool | None, max_steps: int | None) -> Path:
+    """The optimisation loop shared by the image and video trainers: AdamW + LR schedule, EMA, resume, DDP, JSONL log,
+    checkpoints and the exported EMA model. ``losses(train_model, step, g)`` builds this rank's part of the global
+    batch of ``step`` from the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample)."""
+    t_cfg = cfg.train
+    results = Path(t_cfg.results_dir)
     ema = EMA(model, t_cfg.ema_decay)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t_cfg.lr,
                             weight_decay=t_cfg.weight_decay, betas=(0.9, 0.999))
-    warmup = max(t_cfg.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    sched = make_lr_schedule(opt, t_cfg)
 
     step = 0
     if resume:
@@ -191,23 +228,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     show = (progress if progress is not None else os.isatty(1)) and rank == 0
     bar = tqdm(total=t_cfg.steps, initial=step, disable=not show, desc="train", dynamic_ncols=True)
     model.train()
-    B, lo = t_cfg.global_batch_size, rank * local_batch
     t0, t_last, s_last = time.time(), time.time(), step
     while step < end:
         g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
-        idx = batch_indices(t_cfg.seed, step, B, len(data.images))[lo:lo + local_batch]
-        x = data.images[idx].to(device)
-        y = data.labels[idx].to(device)
-        if autoencoder is not None:
-            x = autoencoder.encode(x)
-        noise = torch.randn((B, *x.shape[1:]), generator=g)[lo:lo + local_batch].to(device)
-        if cfg.diffusion.objective == "ddpm":
-            t = torch.randint(0, process.num_timesteps, (B,), generator=g)[lo:lo + local_batch].to(device)
-        else:
-            t = process.sample_t(B, g)[lo:lo + local_batch].to(device)
-        drop = (torch.rand(B, generator=g) < cfg.model.class_dropout_prob)[lo:lo + local_batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
-            terms = process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop})
+            terms = losses(train_model, step, g)
             loss = terms["loss"].float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

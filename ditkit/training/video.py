@@ -8,24 +8,18 @@ Everything else (EMA, warm-up, clipping, checkpoints, exact resume, DDP, randomn
 """
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from .. import checkpoint as ckpt
 from ..build import build_process
-from ..config import to_dict
 from ..data.video import MovingMNIST, VideoFolder
 from ..diffusion.masks import DEFAULT_WEIGHTS, training_masks
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from .config import DiffusionSection, TrainSection
-from .trainer import (EMA, _setup_distributed, batch_indices, checkpoint_dir, latest_checkpoint,
-                      load_training_checkpoint, model_metadata, resolve_device, save_training_checkpoint)
+from .trainer import _setup_distributed, batch_indices, resolve_device, run_training
 
 
 @dataclass
@@ -102,7 +96,6 @@ def build_video_model(section: VideoModelSection) -> VideoDiT:
 def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool | None = None,
                 max_steps: int | None = None) -> Path:
     """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``)."""
-    from tqdm.auto import tqdm
     t_cfg, m_cfg = cfg.train, cfg.model
     if t_cfg.num_threads:
         torch.set_num_threads(t_cfg.num_threads)
@@ -122,41 +115,15 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     training_masks(1, 2, 2, 2, cfg.masks)                                      # validates the mixture early
     if cfg.diffusion.objective == "ddpm" and m_cfg.learn_sigma:
         raise ValueError("masked video training covers the eps loss only: set model.learn_sigma=false")
-    results = Path(t_cfg.results_dir)
 
     torch.manual_seed(t_cfg.seed)
     model = build_video_model(m_cfg).to(device)
     process = build_process(cfg.diffusion, m_cfg.learn_sigma)
-    ema = EMA(model, t_cfg.ema_decay)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t_cfg.lr,
-                            weight_decay=t_cfg.weight_decay, betas=(0.9, 0.999))
-    warmup = max(t_cfg.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    step = 0
-    if resume:
-        path = latest_checkpoint(results) if resume == "auto" else Path(resume)
-        if path is not None:
-            step = load_training_checkpoint(path, model, ema, opt, sched)
-        if rank == 0:
-            print(f"resumed from {path} at step {step}" if path else "--resume auto: no checkpoint, starting from scratch")
-    train_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if rank == 0:
-        results.mkdir(parents=True, exist_ok=True)
-        (results / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    log = open(results / "metrics.jsonl", "a") if rank == 0 else None
-    end = t_cfg.steps if max_steps is None else min(t_cfg.steps, max_steps)
-    bar = tqdm(total=t_cfg.steps, initial=step, disable=not ((progress if progress is not None else os.isatty(1))
-                                                            and rank == 0), desc="train", dynamic_ncols=True)
-    model.train()
     lo = rank * local_batch
     part = lambda x: x[lo:lo + local_batch].to(device)
     F, (H, W) = m_cfg.num_frames, model.config.image_hw
-    t0, t_last, s_last = time.time(), time.time(), step
-    while step < end:
-        g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
+
+    def losses(train_model, step: int, g: torch.Generator) -> dict:
         idx = batch_indices(t_cfg.seed, step, B, data.length) if data.length else torch.arange(step * B, (step + 1) * B)
         x, y = (v.to(device) for v in data.get(idx[lo:lo + local_batch]))
         noise = part(torch.randn((B, *x.shape[1:]), generator=g))
@@ -166,38 +133,7 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
             t = part(process.sample_t(B, g))
         drop = part(torch.rand(B, generator=g) < m_cfg.class_dropout_prob)
         mask = part(training_masks(B, F, H, W, cfg.masks, g))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
-            terms = process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
-                                                                       "mask": mask}, loss_mask=mask.expand_as(x))
-            loss = terms["loss"].float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip > 0 else None
-        opt.step()
-        sched.step()
-        ema.update(model, step)
-        step += 1
-        bar.update(1)
-        if rank == 0 and (step % t_cfg.log_every == 0 or step == end):
-            now = time.time()
-            rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                   "steps_per_sec": (step - s_last) / max(now - t_last, 1e-9), "elapsed_sec": now - t0}
-            if grad_norm is not None:
-                rec["grad_norm"] = float(grad_norm)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
-            t_last, s_last = now, step
-        if rank == 0 and (step % t_cfg.ckpt_every == 0 or step == end):
-            save_training_checkpoint(checkpoint_dir(results) / f"{step:07d}", cfg, model, ema, opt, sched, step)
-        if world > 1 and step % t_cfg.ckpt_every == 0:
-            torch.distributed.barrier()
-    bar.close()
-    out = results / "model.safetensors"
-    if rank == 0:
-        log.close()
-        ckpt.save_weights(out, ema.model.state_dict(),
-                          model_metadata(cfg, model, step, {"weights": "ema", "train_seconds_this_run": time.time() - t0}))
-    if world > 1:
-        torch.distributed.barrier()
-    return out
+        return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
+                                                                  "mask": mask}, loss_mask=mask.expand_as(x))
+
+    return run_training(cfg, model, losses, device, rank, world, resume, progress, max_steps)
