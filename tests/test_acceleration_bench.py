@@ -112,3 +112,15 @@ def test_bars_are_checked_from_the_rows():
     assert bars(rows)[1].startswith("**FAIL**")                            # no ditkit recipe reaches 33 dB
     rows[1]["speedup"] = 0.9
     assert bars(rows)[2].startswith("**FAIL**")
+
+
+def test_markdown_report_replaces_only_its_section(tmp_path):
+    from ditkit.acceleration.report import MARKERS, replace_generated_section
+    path = tmp_path / "BENCHMARKS.md"
+    replace_generated_section(path, "run one", "# Title")
+    assert path.read_text().startswith("# Title") and "run one" in path.read_text()
+    path.write_text(path.read_text() + "\n## Hand-written section\nkeep me\n")
+    replace_generated_section(path, "run two")
+    text = path.read_text()
+    assert "run one" not in text and "run two" in text and "keep me" in text and text.startswith("# Title")
+    assert text.count(MARKERS[0]) == text.count(MARKERS[1]) == 1

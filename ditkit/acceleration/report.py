@@ -1,4 +1,7 @@
-"""BENCHMARKS.md from a bench run: settings, machine, date, the table, the plot and the issue's bars, checked."""
+"""BENCHMARKS.md from a bench run: settings, machine, date, the table, the plot and the issue's bars, checked.
+
+The run's report replaces only the part of the file between the two ``MARKERS`` lines (appended when absent), so
+hand-written sections around it (attention backends, quantization, video) survive ``make bench``."""
 from __future__ import annotations
 
 import datetime
@@ -15,6 +18,24 @@ convolutions, attention); **peak MB** = peak of tensor memory allocated during o
 events), which includes each method's caches; **PSNR / SSIM** = mean over samples against the `none` images of the same
 seeds (PSNR capped at 100 dB: identical images); **class acc** and **Fréchet dist.** from ditkit's MNIST classifier
 (the Fréchet distance on its 128-d features against the MNIST training digits; not FID)."""
+
+
+MARKERS = ("<!-- ditkit bench: generated section begins (make bench rewrites it) -->",
+           "<!-- ditkit bench: generated section ends -->")
+
+
+def replace_generated_section(path, section: str, title: str = "# Benchmarks") -> Path:
+    """Write ``section`` between the markers of the file at ``path`` (created with ``title`` when missing)."""
+    path = Path(path)
+    begin, end = MARKERS
+    block = f"{begin}\n{section.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else f"{title}\n\n"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path
 
 
 def _row(rows, recipe):
@@ -70,7 +91,7 @@ def write_markdown(path, rows: list[dict], settings: dict, machine: dict, table:
                    notes: list[str]) -> Path:
     s = settings
     lines = [
-        "# Benchmarks: acceleration recipes, speed x quality", "",
+        "## Acceleration recipes on the bundled model: speed x quality (`ditkit bench`)", "",
         f"Generated on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by:", "",
         f"    {s['command']}", "",
         f"Machine: {machine['processor']}, {machine['cpus']} CPUs (shared with other jobs), {machine['platform']}, "
@@ -81,15 +102,13 @@ def write_markdown(path, rows: list[dict], settings: dict, machine: dict, table:
         f"counted for blocks, FLOPs and memory), "
         f"{s['repeats']} timed rounds. TeaCache / MagCache calibrated in the same run on {s['calibration_prompts']} "
         f"samples with seeds from {s['calibration_seed']}.", "",
-        "## Results", "", table, "",
+        "### Results", "", table, "",
     ]
     if plot:
         lines += [f"![speed-up vs PSNR]({plot})", ""]
-    lines += ["## Bars (issue 3, section 5)", ""] + [f"- {b}" for b in bars(rows)] + ["", "## Notes", "", COLUMNS, ""]
+    lines += ["### Bars (issue 3, section 5)", ""] + [f"- {b}" for b in bars(rows)] + ["", "### Notes", "", COLUMNS, ""]
     names = [name for r in rows if r["impl"] == "ditkit" for name, _ in parse_recipe(r["recipe"])]
     lines += ["Methods and their defaults (module docstrings give the algorithm and deviations):", ""]
     lines += [f"- {m}" for m in method_defaults(names)] + [""]
     lines += [f"- {n}" for n in notes] + [""]
-    path = Path(path)
-    path.write_text("\n".join(lines))
-    return path
+    return replace_generated_section(path, "\n".join(lines), "# Benchmarks: speed x quality")
