@@ -173,10 +173,12 @@ def test_recipes_run_in_a_model_and_short_calls_stay_dense():
     with torch.no_grad():
         ref = model(x, t, y)
         for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "topk:tile=1x4x4", "fastattn:tile=1x4x4"]:
-            with Recipe(spec).applied(model) as r:
-                r.reset(10)
-                r.begin_step(5, 10)
-                assert torch.equal(model(x, t, y), ref)                  # 256 tokens < min_tokens: dense
+            with pytest.raises(ValueError, match="at most 256 tokens, fewer than min_tokens=1024"):
+                Recipe(spec).attach(model)                               # a no-op on this model: refused, says why
+            method = Recipe(f"{spec},min_tokens=200").methods[0]
+            backend = method.make_backend(0, 2)
+            q = torch.randn(1, 2, 128, 16)                                # a 128-token call < min_tokens: dense
+            assert torch.equal(backend(q, q, q, TokenLayout(1, 8, 16)), sdpa(q, q, q))
         for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "sta:tile=1x4x4,window=search",
                      "topk:tile=1x4x4", "fastattn:tile=1x4x4", "linear"]:
             with Recipe(f"{spec},min_tokens=0".replace("linear,", "linear:")).applied(model) as r:

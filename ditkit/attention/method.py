@@ -49,6 +49,16 @@ def softmax_attention_layers(model) -> list[Attention]:
     return [m for m in model.modules() if isinstance(m, Attention) and not isinstance(m, LinearAttention)]
 
 
+def longest_attention(model) -> int | None:
+    """Tokens in the longest softmax attention call of a ditkit model at its configured size (None: unknown)."""
+    grid, config = getattr(model, "grid", None), getattr(model, "config", None)
+    if grid is None or config is None:
+        return None
+    if getattr(config, "layout", None) == "full3d":
+        return config.num_frames // config.tubelet * grid[0] * grid[1]
+    return grid[0] * grid[1]
+
+
 def dense_fraction(index: int, count: int, fraction: float) -> bool:
     """True for the first ``fraction`` of ``count`` items (index < fraction * count), as SVG's warm-up rule."""
     return index < math.ceil(fraction * count - 1e-9)
@@ -88,6 +98,11 @@ class AttentionMethod(Method):
         attns = softmax_attention_layers(model)
         if not attns:
             raise ValueError(f"{self.name}: the model has no softmax attention layers")
+        longest = longest_attention(model)
+        if longest is not None and longest < self.min_tokens:
+            raise ValueError(f"{self.name}: this model's attention calls have at most {longest} tokens, fewer than "
+                             f"min_tokens={self.min_tokens}, so every call would stay dense; sample a larger canvas or "
+                             f"more frames, or lower min_tokens")
         for i in parse_indices(self.layers, len(attns)):
             a = attns[i]
             mine = parse_indices(self.heads, a.num_heads)
