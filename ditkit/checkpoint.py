@@ -22,9 +22,9 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shareable files
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp (and some writers) create 0600; checkpoints are ordinary shareable files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -177,3 +177,9 @@ def test_bf16_autocast_and_sklearn_digits(tmp_path):
     assert w["pos_embed"].shape == (1, 4, 192) and all(torch.isfinite(v).all() for v in w.values())
     with pytest.raises(ValueError, match="must match the data"):
         train(tiny_cfg(tmp_path / "x", "data.name=digits", "data.image_size=16"), progress=False)
+
+
+def test_saved_weights_are_ordinary_readable_files(tmp_path):
+    from ditkit.checkpoint import save_weights
+    path = save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
+    assert path.stat().st_mode & 0o777 == 0o644 and not list(tmp_path.glob(".*.tmp"))

@@ -17,7 +17,7 @@ from .registry import register
 @dataclasses.dataclass
 class FORA(ModuleCacheMethod):
     name: ClassVar[str] = "fora"
-    bench_settings: ClassVar[tuple[str, ...]] = ("fora", "fora:interval=5")
+    bench_settings: ClassVar[tuple[str, ...]] = ("fora", "fora:interval=6")
     interval: int = 3
 
     def __post_init__(self):

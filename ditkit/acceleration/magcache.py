@@ -25,7 +25,7 @@ from .registry import register
 @dataclasses.dataclass
 class MagCache(CachingMethod):
     name: ClassVar[str] = "magcache"
-    bench_settings: ClassVar[tuple[str, ...]] = ("magcache", "magcache:threshold=0.24,max_skips=5,retention=0.1")
+    bench_settings: ClassVar[tuple[str, ...]] = ("magcache", "magcache:threshold=0.3,max_skips=6,retention=0.1")
     threshold: float = 0.12
     max_skips: int = 2
     retention: float = 0.2

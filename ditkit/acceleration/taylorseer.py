@@ -22,7 +22,7 @@ from .registry import register
 @dataclasses.dataclass
 class TaylorSeer(ModuleCacheMethod):
     name: ClassVar[str] = "taylorseer"
-    bench_settings: ClassVar[tuple[str, ...]] = ("taylorseer", "taylorseer:interval=6,order=2")
+    bench_settings: ClassVar[tuple[str, ...]] = ("taylorseer", "taylorseer:interval=6,order=1")
     interval: int = 4
     order: int = 4
     warmup: int = 2

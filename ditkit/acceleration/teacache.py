@@ -41,7 +41,7 @@ def polyval(coefficients, r: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass
 class TeaCache(CachingMethod):
     name: ClassVar[str] = "teacache"
-    bench_settings: ClassVar[tuple[str, ...]] = ("teacache", "teacache:threshold=0.3")
+    bench_settings: ClassVar[tuple[str, ...]] = ("teacache", "teacache:threshold=0.06")
     threshold: float = 0.1
     coefficients: Any = None
 

@@ -1,7 +1,7 @@
 """Block-sparse softmax attention as dense 4-D SDPA calls on gathered key/value blocks, and the block patterns the
 sparse backends use (bands in 1D, sliding windows over a 3D tile grid).
 
-Measured on CPU (docs/benchmarks_attention.md): one gathered 5-D SDPA call falls back to the math kernel, so the
+Measured on CPU (BENCHMARKS.md, attention section): one gathered 5-D SDPA call falls back to the math kernel, so the
 kernel folds (heads x query blocks) into SDPA's head dimension and keeps every call 4-D; query blocks are
 processed in chunks so the gathered keys/values never exceed ``max_temp_mb`` (small temporaries are also
 reused by the allocator instead of being page-faulted in anew on every call).

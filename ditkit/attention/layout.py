@@ -19,7 +19,7 @@ def fit_tile(layout: TokenLayout, tile: tuple[int, int, int]) -> tuple[int, int,
 
 def auto_tile(layout: TokenLayout, tile: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """``tile`` (or the default: 4x8x8 = 256 tokens for video, 1x16x16 for images) fitted to the layout. Tiles of
-    >= 256 tokens keep the CPU SDPA kernel efficient (docs/benchmarks_attention.md)."""
+    >= 256 tokens keep the CPU SDPA kernel efficient (BENCHMARKS.md, attention section)."""
     return fit_tile(layout, tile or ((4, 8, 8) if layout.frames > 1 else (1, 16, 16)))
 
 
