@@ -1,5 +1,6 @@
 """Quantization: integer codes and packing, quantized layers vs float references, recipes that restore the model
 bit-exactly, quantized checkpoints that reload identically, composition with caching and attention backends, errors."""
+import json
 import warnings
 
 import pytest
@@ -255,14 +256,16 @@ def test_quantize_command(pipe, tmp_path, capsys):
 
 def test_video_model_calibrates_quantizes_and_reloads(tmp_path):
     pytest.importorskip("ditkit.video_pipeline")
+    from ditkit.cli import main
     from test_video_masks import save_tiny_model
 
     from ditkit.video_pipeline import VideoPipeline
     src = save_tiny_model(tmp_path / "video.safetensors")
     out = tmp_path / "video-w8a8.safetensors"
-    card = quantize_checkpoint(str(src), "w8a8:smooth=0.5,float_layers=1,calibration_steps=3", out,
-                               calibration_samples=1)
-    assert card["float_layers"] and card["fidelity"]["num_samples"] == 4 and card["weight_memory_ratio"] > 2
+    main(["quantize", "--model", str(src), "--recipe", "w8a8:smooth=0.5,float_layers=1,calibration_steps=3",
+          "--calibration-samples", "1", "--out", str(out)])                   # through the CLI and its printout
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["fidelity"]["sampler"] == "ddim" and card["float_layers"] and card["fidelity"]["num_samples"] == 4 and card["weight_memory_ratio"] > 2
     live = VideoPipeline.from_pretrained(src)
     live.set_recipe("w8a8:smooth=0.5,float_layers=1,calibration_steps=3,calibration_samples=1")
     loaded = VideoPipeline.from_pretrained(out)
