@@ -50,15 +50,22 @@ def load_dit(name_or_path: str | Path, device="cpu", model_name: str = "DiT-XL/2
         from .models.official import load_official_checkpoint
         model = load_official_checkpoint(path, model_name)
         return model.to(device), {"format": "official-dit", "model_name": model_name}
+    return load_ditkit_model(path, DiT, DiTConfig, device, "official DiT checkpoints load from their .pt file")
+
+
+def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu", hint: str = "") -> tuple:
+    """A ditkit safetensors file of ``model_cls`` (float or quantized) -> (model in eval mode, metadata);
+    a file of another kind is an error naming its format, followed by ``hint``."""
     meta = ckpt.read_metadata(path)
-    if meta.get("format") != "ditkit-dit":
-        raise ValueError(f"{path} is not a ditkit DiT file (metadata format {meta.get('format')!r}); official DiT "
-                         f"checkpoints load from their .pt file")
+    if meta.get("format") != model_cls.format_name:
+        raise ValueError(f"{path} is not a ditkit {model_cls.__name__} file (metadata format {meta.get('format')!r}); "
+                         f"{hint}")
+    build = lambda: model_cls(config_cls(**meta["dit_config"]))
     if meta.get("quantization"):                # int8/int4 layers, never materialising the float weights
         from .quantization.export import build_quantized
-        model = build_quantized(lambda: DiT(DiTConfig(**meta["dit_config"])), meta["quantization"])
+        model = build_quantized(build, meta["quantization"])
     else:
-        model = DiT(DiTConfig(**meta["dit_config"]))
+        model = build()
     ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
     return model.to(device).eval(), meta
 

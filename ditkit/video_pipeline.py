@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 
-from . import checkpoint as ckpt
 from .build import build_process
 from .config import from_dict
 from .diffusion.guidance import GuidedModel
@@ -22,24 +21,14 @@ from .diffusion.masks import check_mask, given_frames, task_mask
 from .diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
 from .diffusion.flow import FlowMatching
 from .models.video_dit import VideoDiT, VideoDiTConfig
-from .pipeline import DiTPipeline, resolve_model_path
+from .pipeline import DiTPipeline, load_ditkit_model, resolve_model_path
 from .training.video import VideoTrainConfig
 
 
 def load_video_dit(name_or_path: str | Path, device="cpu") -> tuple[VideoDiT, dict]:
     """Load a ditkit VideoDiT safetensors file (bundled name, file or results folder); returns (model, metadata)."""
-    path = resolve_model_path(name_or_path)
-    meta = ckpt.read_metadata(path)
-    if meta.get("format") != VideoDiT.format_name:
-        raise ValueError(f"{path} is not a ditkit VideoDiT file (metadata format {meta.get('format')!r}); image DiTs "
-                         f"generate with `ditkit generate`")
-    if meta.get("quantization"):                # int8/int4 layers, never materialising the float weights
-        from .quantization.export import build_quantized
-        model = build_quantized(lambda: VideoDiT(VideoDiTConfig(**meta["dit_config"])), meta["quantization"])
-    else:
-        model = VideoDiT(VideoDiTConfig(**meta["dit_config"]))
-    ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
-    return model.to(device).eval(), meta
+    return load_ditkit_model(resolve_model_path(name_or_path), VideoDiT, VideoDiTConfig, device,
+                             "image DiTs generate with `ditkit generate`")
 
 
 def video_condition(task: str, context: torch.Tensor | None, num_frames: int, frame_shape: tuple[int, int, int],

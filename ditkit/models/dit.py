@@ -170,6 +170,8 @@ class DiTConfig:
 
 
 class DiT(nn.Module):
+    format_name = "ditkit-dit"                  # metadata "format" of its safetensors files
+
     def __init__(self, config: DiTConfig | None = None, **kwargs):
         super().__init__()
         config = config or DiTConfig(**kwargs)

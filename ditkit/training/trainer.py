@@ -84,7 +84,7 @@ def latest_checkpoint(results_dir: str | Path) -> Path | None:
 
 
 def model_metadata(cfg: TrainConfig, model, step: int, extra: dict | None = None) -> dict:
-    return {"format": getattr(model, "format_name", "ditkit-dit"), "dit_config": model.config.to_dict(),
+    return {"format": model.format_name, "dit_config": model.config.to_dict(),
             "train_config": to_dict(cfg), "step": step,
             **(extra or {})}
 
