@@ -187,3 +187,15 @@ def test_recipes_run_in_a_model_and_short_calls_stay_dense():
                     r.begin_step(step, 10)
                     out = model(x, t, y)
                 assert torch.isfinite(out).all() and not torch.equal(out, ref)
+
+
+def test_longest_attention_call_per_model_layout():
+    from ditkit.attention.method import longest_attention
+    from ditkit.models.video_dit import VideoDiT, video_dit_config
+    assert longest_attention(_tiny_dit()) == 256                                     # 64x64 px / patch 4
+    video = lambda layout, side: VideoDiT(video_dit_config("VideoDiT-T/8", layout=layout, depth=1, hidden_size=32,
+                                                           num_heads=2, input_size=side, num_frames=16))
+    assert longest_attention(video("vdt", 32)) == 16                                 # 4x4 frames: temporal calls
+    assert longest_attention(video("vdt", 64)) == 64                                 # 8x8 frames: spatial calls
+    assert longest_attention(video("full3d", 32)) == 16 * 16
+    assert longest_attention(torch.nn.Linear(2, 2)) is None

@@ -27,7 +27,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..attention.method import AttentionMethod
 from ..models.attention import TokenLayout, sdpa
-from .bench import peak_tensor_memory, split_recipes
+from .bench import peak_tensor_memory, round_order, split_recipes
 from .registry import REGISTRY, _load_builtin_methods, build_method, parse_recipe
 
 VIDEO_MODEL, IMAGE_MODEL = "moving-mnist-vdt", "mnist-dit"
@@ -58,7 +58,7 @@ def interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in round_order(names, r):
             t0 = time.perf_counter()
             fns[name]()
             times[name].append(1e3 * (time.perf_counter() - t0))
@@ -216,7 +216,7 @@ def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: i
     specs = ["none", *recipes]
     videos, times = {}, {s: [] for s in specs}
     for r in range(repeats):
-        for spec in specs[r % len(specs):] + specs[:r % len(specs)]:
+        for spec in round_order(specs, r):
             pipe.set_recipe(None if spec == "none" else spec)
             t0 = time.perf_counter()
             videos[spec] = generate()

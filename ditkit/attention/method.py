@@ -54,9 +54,10 @@ def longest_attention(model) -> int | None:
     grid, config = getattr(model, "grid", None), getattr(model, "config", None)
     if grid is None or config is None:
         return None
+    frames = config.num_frames // config.tubelet if hasattr(config, "num_frames") else 1
     if getattr(config, "layout", None) == "full3d":
-        return config.num_frames // config.tubelet * grid[0] * grid[1]
-    return grid[0] * grid[1]
+        return frames * grid[0] * grid[1]
+    return max(frames, grid[0] * grid[1])      # per-frame spatial calls; temporal calls over the frames
 
 
 def dense_fraction(index: int, count: int, fraction: float) -> bool:

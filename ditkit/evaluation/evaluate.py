@@ -124,8 +124,8 @@ EVAL_CFG_SCALE = 1.5   # the original DiT's setting for its FID samples (visual 
 
 
 def evaluate_pipeline(pipe, num_samples: int = 1000, num_sampling_steps: int = 50, sampler: str = "ddim",
-                      cfg_scale: float = EVAL_CFG_SCALE, seed: int = 0, batch_size: int | None = None, progress: bool = False,
-                      **sampling_kwargs) -> dict:
+                      cfg_scale: float = EVAL_CFG_SCALE, seed: int = 0, batch_size: int | None = None,
+                      progress: bool = False, **sampling_kwargs) -> dict:
     """Generate ``num_samples`` class-balanced MNIST samples (label i % 10) with a DiTPipeline and score them with
     ``classifier_metrics``; adds the sampling settings, sampling_seconds and seconds (sampling + metrics)."""
     if pipe.num_classes != NUM_CLASSES:

@@ -1,5 +1,6 @@
-"""``ditkit train``: AdamW, warm-up then constant LR (optionally linear decay to 0), gradient clipping, EMA, optional bf16 autocast, JSONL log,
-atomic checkpoints with exact resume, and data parallel under ``torchrun`` (DDP; gloo on CPU, nccl on GPU).
+"""``ditkit train``: AdamW, warm-up then constant LR (optionally linear decay to 0), gradient clipping, EMA, optional
+bf16 autocast, JSONL log, atomic checkpoints with exact resume, and data parallel under ``torchrun`` (DDP; gloo on
+CPU, nccl on GPU).
 
 Randomness is a pure function of (seed, step): each step draws its batch indices, noise, timesteps and label-drop
 mask for the *global* batch from a generator seeded with (seed, step), and each rank takes its slice. So a run gives
