@@ -1,4 +1,4 @@
-"""Turning [-1, 1] tensors into pictures: uint8 conversion and PNG grids."""
+"""Turning [-1, 1] tensors into pictures (uint8 conversion, PNG grids), and the plotting setup shared by reports."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,4 +36,24 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10, upscale: i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure (parent folders created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path

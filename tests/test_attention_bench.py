@@ -39,3 +39,25 @@ def test_activations_are_captured_from_a_trained_model_file(tmp_path):
     ckpt.save_weights(path, model.state_dict(), model_metadata(cfg, model, 0))
     acts, label = capture_activations(TokenLayout(2, 8, 8), models=(str(path),), timesteps=(500, 480))
     assert len(acts) == 2 and acts[0][0].shape == (1, 3, 128, 64) and "frames stacked" in label
+
+
+def test_end_to_end_samples_a_video_model_file_dense_and_with_recipes(tmp_path):
+    from ditkit.acceleration.bench_attention import end_to_end
+    from ditkit.training.video import VideoTrainConfig, build_video_model
+    cfg = VideoTrainConfig()
+    cfg.model.layout, cfg.model.input_size, cfg.model.num_frames = "full3d", 16, 4
+    model = build_video_model(cfg.model)
+    for name, param in model.named_parameters():            # un-zero the outputs so attention changes the video
+        if "adaLN" in name or "final_layer.linear" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    path = tmp_path / "video.safetensors"
+    ckpt.save_weights(path, model.state_dict(), model_metadata(cfg, model, 0))
+    full = "sta:tile=2x2x2,window=2x4x4,min_tokens=16,full_steps=0"     # every tile: dense attention again
+    sparse = "sta:tile=2x2x2,window=1x2x2,min_tokens=16,full_steps=0"
+    rows = end_to_end([full, sparse], canvas=16, frames=4, steps=2, seed=0, cfg_scale=1.0, model_name=str(path),
+                      log=lambda *a: None)
+    by = {r["recipe"]: r for r in rows}
+    assert list(by) == ["none", full, sparse]
+    assert by["none"]["psnr"] == 100.0 and by["none"]["speedup"] == 1.0
+    assert by[full]["psnr"] > 60 and by[sparse]["psnr"] < by[full]["psnr"]
+    assert all(r["attention_tokens"] == 4 * 4 * 4 and r["kind"] == "video" for r in rows)

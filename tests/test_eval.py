@@ -77,6 +77,23 @@ def test_evaluate_pipeline_plumbing():
     assert r["seconds"] >= r["sampling_seconds"] > 0
 
 
+def test_cfg_sweep_matches_single_evaluations_and_picks_lowest_frechet(tmp_path):
+    from ditkit.evaluation.evaluate import cfg_sweep, plot_cfg_sweep
+    pipe = _tiny_pipeline()
+    for name, param in pipe.model.named_parameters():              # un-zero adaLN: a model whose guidance matters
+        if "adaLN" in name or "final_layer.linear" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    settings = dict(num_sampling_steps=2, sampler="ddim", batch_size=10)
+    result = cfg_sweep(pipe, [1.0, 3.0], num_samples=20, **settings)
+    singles = [evaluate_pipeline(pipe, 20, cfg_scale=s, **settings) for s in (1.0, 3.0)]
+    fds = [r["frechet_distance"] for r in result["sweep"]]
+    assert fds == [r["frechet_distance"] for r in singles] and fds[0] != fds[1]
+    assert result["best_cfg_scale"] == (1.0, 3.0)[fds.index(min(fds))]
+    assert plot_cfg_sweep({"model": "tiny", **result}, tmp_path / "sweep.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="at least one guidance scale"):
+        cfg_sweep(pipe, [], num_samples=20)
+
+
 def test_evaluate_pipeline_rejects_non_mnist_model():
     with pytest.raises(ValueError, match=r"\[1, 32, 32\] digits.*\[3, 32, 32\]"):
         evaluate_pipeline(_tiny_pipeline(in_channels=3), num_samples=20)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.evaluation.metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr, ssim
+from ditkit.evaluation.metrics import (PSNR_CAP, frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr,
+                                      ssim)
 
 skm = pytest.importorskip("skimage.metrics")
 
@@ -55,6 +56,16 @@ def test_video_averages_frames():
     for fn in (psnr, ssim):
         per_frame = torch.stack([fn(a[:, :, f], b[:, :, f]) for f in range(4)], dim=1)
         torch.testing.assert_close(fn(a, b), per_frame.mean(dim=1))
+
+
+def test_psnr_cap_applies_per_frame():
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(1, 1, 2, 16, 16, generator=g) * 2 - 1
+    b = a.clone()
+    b[:, :, 1] += 0.1                                       # frame 0 exact, frame 1: MSE 0.01 -> 26.0 dB
+    assert psnr(a, b).item() == float("inf")
+    torch.testing.assert_close(psnr(a, b, cap=PSNR_CAP), torch.tensor([(PSNR_CAP + 10 * math.log10(4 / 0.01)) / 2],
+                                                                   dtype=torch.float64))
 
 
 def test_shape_errors():

@@ -1,4 +1,5 @@
 """Training: exact resume, DDP equivalence, atomic checkpoints, config and data errors."""
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,11 @@ def test_lr_schedule_warmup_constant_linear_decay(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     lrs = [float(l.split('"lr": ')[1].split(",")[0]) for l in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
     assert lrs[-1] == 0.0 and lrs[2] < lrs[1]
+    # a resume with a changed train.lr / schedule uses the new ones from the resumed step (not the checkpoint's LR)
+    longer = tiny_cfg(tmp_path / "part", "train.steps=8", "train.decay_start=6", "train.lr=5e-4", "train.log_every=1")
+    train(longer, resume="auto", progress=False)
+    logged = [json.loads(l) for l in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in logged if r["step"] > 6] == [5e-4 * lr_factor(s, longer.train) for s in (7, 8)]
 
 
 def test_training_is_deterministic_and_learns(tmp_path):

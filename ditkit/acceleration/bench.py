@@ -25,13 +25,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..evaluation.metrics import PSNR_CAP
 from .calibrate import calibrate, save_calibration
 from .counting import BlockCounter
 from .registry import Recipe, parse_recipe
 
 NEVER_SKIPS = "fora:interval=1"                          # a recipe that never skips: the hooks' per-step overhead
 CALIBRATED = {"teacache": "coefficients", "magcache": "ratios"}
-PSNR_CAP = 100.0
 
 
 def standard_suite() -> list[str]:
@@ -140,7 +140,7 @@ def measure(entry: Entry, labels, sampling: dict, time_samples: int | None = Non
 
 def quality(images: torch.Tensor, reference: torch.Tensor, labels, mnist: bool) -> dict:
     from ..evaluation.metrics import psnr, ssim
-    row = {"psnr": psnr(images, reference).clamp(max=PSNR_CAP).mean().item(),
+    row = {"psnr": psnr(images, reference, cap=PSNR_CAP).mean().item(),
            "ssim": ssim(images, reference).mean().item()}
     if mnist:
         from ..evaluation.evaluate import classifier_metrics
@@ -211,9 +211,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..visual import pyplot, save_figure
+    plt = pyplot()
+    if plt is None:
+        raise ImportError("the speed x quality plot needs matplotlib: pip install matplotlib (or drop --plot)")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for impl, marker in (("ditkit", "o"), ("diffusers", "s")):
         pts = sorted((r["speedup"], r["psnr"], r["recipe"]) for r in rows if r["impl"] == impl and r["psnr"] < PSNR_CAP)
@@ -235,11 +236,7 @@ def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def machine() -> dict:

@@ -198,7 +198,8 @@ def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: i
     """Sample a trained model rebuilt for a ``canvas`` x ``canvas`` canvas — a video DiT: one ``frames``-frame video;
     an image DiT: ``frames`` images — dense and with each recipe (same seeds, so the same noise); median wall clock
     of ``repeats`` interleaved runs, PSNR / SSIM vs dense."""
-    from ..evaluation.metrics import psnr, ssim
+    from ..attention.method import longest_attention
+    from ..evaluation.metrics import PSNR_CAP, psnr, ssim
     from ..pipeline import DiTPipeline, resolve_model_path
     p = ckpt.read_metadata(resolve_model_path(model_name))["dit_config"]["patch_size"]
     layout = TokenLayout(frames, canvas // p, canvas // p)
@@ -226,9 +227,10 @@ def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: i
     for spec in specs:
         sec = statistics.median(times[spec])
         row = {"recipe": spec, "seconds": round(sec, 2), "speedup": round(statistics.median(times["none"]) / sec, 3),
-               "psnr": min(float(psnr(videos[spec], videos["none"]).mean()), 100.0),
+               "psnr": float(psnr(videos[spec], videos["none"], cap=PSNR_CAP).mean()),
                "ssim": float(ssim(videos[spec], videos["none"]).mean()), "model": model_name, "kind": kind,
-               "canvas": canvas, "frames": frames, "tokens_per_frame": layout.height * layout.width, "steps": steps}
+               "canvas": canvas, "frames": frames, "tokens_per_frame": layout.height * layout.width,
+               "attention_tokens": longest_attention(model), "steps": steps}
         rows.append(row)
         log(f"  e2e {spec:28s} {sec:8.1f} s  x{row['speedup']:.2f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}")
     return rows

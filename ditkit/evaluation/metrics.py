@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+PSNR_CAP = 100.0   # dB reported for an exact reproduction in tables and means
 
 
 def _paired_frames(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -29,11 +30,13 @@ def _per_sample(values: torch.Tensor, frames: int) -> torch.Tensor:
     return values.view(-1, frames).mean(dim=1)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per sample, [N] float64; identical samples give +inf."""
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, cap: float | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per sample, [N] float64 (videos: mean over frames); identical samples give
+    +inf, or ``cap`` (e.g. ``PSNR_CAP``), which applies per frame, so one exact frame cannot make a video's mean +inf."""
     x, y, frames = _paired_frames(a, b)
     mse = (x - y).pow(2).flatten(1).mean(dim=1)
-    return _per_sample(10 * torch.log10(data_range ** 2 / mse), frames)
+    per_frame = 10 * torch.log10(data_range ** 2 / mse)
+    return _per_sample(per_frame if cap is None else per_frame.clamp(max=cap), frames)
 
 
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:

@@ -27,13 +27,12 @@ import torch
 
 from ..config import from_dict
 from ..diffusion.masks import task_mask
-from .metrics import psnr, ssim
+from .metrics import PSNR_CAP, psnr, ssim
 
 EVAL_TASKS = ("predict", "interpolate", "complete", "story")
 BASELINES = {"predict": "copy last given frame", "interpolate": "linear blend of the neighbouring given frames",
              "complete": "masked box filled with the frame's mean given value", "story": "copy first frame"}
 EVAL_SEED = 10_000            # clip seed of the held-out evaluation set
-PSNR_CAP = 100.0
 
 
 def baseline_fill(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,7 @@ def baseline_fill(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _per_frame(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> tuple[list[float], list[float]]:
-    p = [psnr(pred[:, :, f], truth[:, :, f]).clamp(max=PSNR_CAP).mean().item() for f in frames]
+    p = [psnr(pred[:, :, f], truth[:, :, f], cap=PSNR_CAP).mean().item() for f in frames]
     s = [ssim(pred[:, :, f], truth[:, :, f]).mean().item() for f in frames]
     return p, s
 
@@ -168,11 +167,9 @@ def _metric_keys(result: dict) -> list[str]:
 
 def plot_per_frame(result: dict, path: str | Path) -> Path | None:
     """Each metric per generated frame, model vs baseline; None when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    from ..visual import pyplot, save_figure
+    plt = pyplot()
+    if plt is None:
         return None
     keys = _metric_keys(result)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
@@ -189,11 +186,7 @@ def plot_per_frame(result: dict, path: str | Path) -> Path | None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{result['task']}: {result['num_videos']} held-out clips")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_examples(tensors: dict, path: str | Path, num: int = 4) -> Path:

@@ -75,6 +75,15 @@ def make_lr_schedule(opt, t_cfg):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t_cfg))
 
 
+def apply_configured_lr(opt, sched, t_cfg) -> None:
+    """After a resume, the configured ``train.lr`` and schedule govern from the resumed step on (the checkpoint's
+    scheduler state carries the base LR it was started with; an unchanged config gives the same LR bit for bit)."""
+    sched.base_lrs = [t_cfg.lr] * len(opt.param_groups)
+    for group in opt.param_groups:
+        group["initial_lr"] = t_cfg.lr
+        group["lr"] = t_cfg.lr * lr_factor(sched.last_epoch, t_cfg)
+
+
 def checkpoint_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "checkpoints"
 
@@ -214,6 +223,7 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
                 print(f"--resume auto: no checkpoint under {checkpoint_dir(results)}, starting from scratch")
         else:
             step = load_training_checkpoint(path, model, ema, opt, sched)
+            apply_configured_lr(opt, sched, t_cfg)
             if rank == 0:
                 print(f"resumed from {path} at step {step}")
     train_model = model
