@@ -41,8 +41,7 @@ def test_activations_are_captured_from_a_trained_model_file(tmp_path):
     assert len(acts) == 2 and acts[0][0].shape == (1, 3, 128, 64) and "frames stacked" in label
 
 
-def test_end_to_end_samples_a_video_model_file_dense_and_with_recipes(tmp_path):
-    from ditkit.acceleration.bench_attention import end_to_end
+def _full3d_video_model_file(tmp_path):
     from ditkit.training.video import VideoTrainConfig, build_video_model
     cfg = VideoTrainConfig()
     cfg.model.layout, cfg.model.input_size, cfg.model.num_frames = "full3d", 16, 4
@@ -52,6 +51,20 @@ def test_end_to_end_samples_a_video_model_file_dense_and_with_recipes(tmp_path):
             torch.nn.init.normal_(param, std=0.05)
     path = tmp_path / "video.safetensors"
     ckpt.save_weights(path, model.state_dict(), model_metadata(cfg, model, 0))
+    return path
+
+
+def test_activations_of_a_full3d_video_model_are_whole_sequences(tmp_path):
+    path = _full3d_video_model_file(tmp_path)
+    acts, label = capture_activations(TokenLayout(4, 8, 8), models=(str(path),), timesteps=(500, 480))
+    assert len(acts) == 2 and all(t.shape == (1, 3, 256, 64) for t in acts[0])
+    assert "full 3D attention" in label and "Moving MNIST" in label
+    assert not torch.equal(acts[0][0], acts[1][0])                   # two noise levels, two sets of activations
+
+
+def test_end_to_end_samples_a_video_model_file_dense_and_with_recipes(tmp_path):
+    from ditkit.acceleration.bench_attention import end_to_end
+    path = _full3d_video_model_file(tmp_path)
     full = "sta:tile=2x2x2,window=2x4x4,min_tokens=16,full_steps=0"     # every tile: dense attention again
     sparse = "sta:tile=2x2x2,window=1x2x2,min_tokens=16,full_steps=0"
     rows = end_to_end([full, sparse], canvas=16, frames=4, steps=2, seed=0, cfg_scale=1.0, model_name=str(path),

@@ -26,6 +26,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..attention.method import AttentionMethod
+from ..diffusion.flow import FlowMatching
 from ..models.attention import TokenLayout, sdpa
 from .bench import peak_tensor_memory, round_order, split_recipes
 from .registry import REGISTRY, _load_builtin_methods, build_method, parse_recipe
@@ -90,9 +91,10 @@ def model_on_canvas(name: str, layout: TokenLayout):
 
 @torch.no_grad()
 def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), timesteps=(500, 480), seed: int = 0):
-    """([(q, k, v) per timestep], label): q, k, v [1, heads, N, d] of the middle spatial-attention layer of the first
-    available trained model of ``models`` on ``layout`` at each of ``timesteps`` (DDPM steps; input = real held-out
-    digits at random places, noised); None if no model is available."""
+    """([(q, k, v) per timestep], label): q, k, v [1, heads, N, d] of the middle attention layer (spatial, or full 3D)
+    of the first available trained model of ``models`` on ``layout`` at each network timestep of ``timesteps``
+    (input noised with the model's own process): a video DiT sees a held-out Moving MNIST clip (one 16-px digit
+    bouncing over the canvas), an image DiT one held-out digit per frame at a random place; None if no model exists."""
     for name in models:
         built = model_on_canvas(name, layout)
         if built is not None:
@@ -100,36 +102,53 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
     else:
         return None
     model, kind = built
-    attn = model.blocks[len(model.blocks) // 2].attn
+    from ..build import build_process
+    from ..config import from_dict
+    from ..pipeline import resolve_model_path
+    from ..training.config import DiffusionSection
+    train_config = ckpt.read_metadata(resolve_model_path(name)).get("train_config", {})
+    process = build_process(from_dict(DiffusionSection, train_config.get("diffusion", {})), model.config.learn_sigma)
+    mid = len(model.blocks) // 2
+    attn = model.blocks[mid].attn
     F, C = layout.frames, model.in_channels
     H, W = model.config.image_hw
     g = torch.Generator().manual_seed(seed)
-    from ..data.images import load_image_data
-    digits = load_image_data("mnist", 32, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
-    canvas = torch.full((F, C, H, W), -1.0)
-    ys, xs = torch.randint(0, H - 31, (F,), generator=g), torch.randint(0, W - 31, (F,), generator=g)
-    for i in range(F):                                            # one real digit per frame, random place
-        canvas[i, :, ys[i]:ys[i] + 32, xs[i]:xs[i] + 32] = digits[i]
-    noise = torch.randn(canvas.shape, generator=g)
-    from ..diffusion.gaussian import GaussianDiffusion
-    process = GaussianDiffusion.from_config("linear", 1000, False)
+    if kind == "video":
+        from ..data.video import MovingMNIST
+        clip = MovingMNIST("heldout", H, F, seed=seed).get([0])[0][0]          # [C, F, H, W]
+        frames = clip.transpose(0, 1)                                           # [F, C, H, W]
+    else:
+        from ..data.images import load_image_data
+        digits = load_image_data("mnist", 32, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
+        frames = torch.full((F, C, H, W), -1.0)
+        ys, xs = torch.randint(0, H - 31, (F,), generator=g), torch.randint(0, W - 31, (F,), generator=g)
+        for i in range(F):                                            # one real digit per frame, random place
+            frames[i, :, ys[i]:ys[i] + 32, xs[i]:xs[i] + 32] = digits[i]
+    noise = torch.randn(frames.shape, generator=g)
     captured = []
     attn.backend = lambda q, k, v, lay: captured.append((q, k, v)) or sdpa(q, k, v)
     try:
         for t in timesteps:
-            tt = torch.full((F,), t)
-            x = process.q_sample(canvas, tt, noise)
+            tt = torch.full((F,), float(t))
+            if isinstance(process, FlowMatching):
+                x = process.interpolate(frames, noise, tt / process.timestep_scale)
+            else:
+                x = process.q_sample(frames, tt.long(), noise)
             if kind == "video":                                   # frames of one clip: [1, C, F, H, W]
                 model(x.transpose(0, 1)[None], tt[:1], torch.tensor([model.config.num_classes]))
             else:                                                 # F images = F frames
                 model(x, tt, torch.full((F,), model.config.num_classes))
     finally:
         attn.backend = None
-    calls = [c for c in captured if c[0].shape[2] == layout.height * layout.width]
-    stack = lambda t: t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])   # [F, h, S, d] -> [1, h, F*S, d]
-    acts = [tuple(stack(t) for t in c) for c in calls]
-    label = (f"real: {name} layer {len(model.blocks) // 2} spatial attention, {F} frame(s) of a "
-             f"{layout.height}x{layout.width} token canvas, t={timesteps[0]}" + (", frames stacked" if F > 1 else ""))
+    if captured and captured[0][0].shape[2] == layout.num_tokens:    # full 3D attention: already one sequence
+        acts, what = captured, "full 3D attention"
+    else:                                                         # per-frame calls [F, h, S, d] -> [1, h, F*S, d]
+        stack = lambda t: t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])
+        acts = [tuple(stack(t) for t in c) for c in captured if c[0].shape[2] == layout.height * layout.width]
+        what = "spatial attention" + (", frames stacked" if F > 1 else "")
+    content = "a held-out Moving MNIST clip" if kind == "video" else "one held-out digit per frame"
+    label = (f"real: {name} layer {mid} {what}, {F} frame(s) of a {layout.height}x{layout.width} token canvas "
+             f"({content}), network timestep {timesteps[0]}")
     return acts, label
 
 
