@@ -122,3 +122,19 @@ def test_eval_command_writes_json(tmp_path, capsys):
     assert r["num_samples"] == 20 and r["sampling"]["num_sampling_steps"] == 2 and r["model"].endswith("tiny.safetensors")
     printed = capsys.readouterr().out
     assert "Fréchet distance on ditkit's MNIST-classifier features" in printed and "FID" not in printed
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--cfg-sweep", "1.0,high"], r"comma-separated guidance scales.*'1.0,high'"),
+    (["--cfg-sweep", "1.0,1.5", "--task", "predict"], "drop --task"),
+    (["--plot", "out/p.png"], r"--plot out/p.png draws a --cfg-sweep"),
+])
+def test_eval_command_bad_sweep_arguments(argv, match):
+    import argparse
+
+    from ditkit.evaluation.evaluate import register
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--model", "mnist-dit", "--no-progress", *argv])
+    with pytest.raises(ValueError, match=match):
+        args.fn(args)

@@ -75,6 +75,8 @@ def test_generate_command_writes_a_grid(tmp_path):
 def test_loading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="bundled"):
         load("no-such-model")
+    with pytest.raises(ValueError, match="video pipelines take no autoencoder"):
+        load("moving-mnist-vdt", autoencoder="some/vae")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="not a readable safetensors file"):

@@ -232,6 +232,9 @@ def run_cfg_sweep(args) -> dict:
 def run(args):
     if args.cfg_sweep and args.task:
         raise ValueError("--cfg-sweep evaluates image models; drop --task (or --cfg-sweep)")
+    if args.plot and not args.cfg_sweep:
+        raise ValueError(f"--plot {args.plot} draws a --cfg-sweep; add --cfg-sweep 1.0,1.25,1.5 (video --task "
+                         f"evaluations write their plots next to --json)")
     if args.cfg_sweep:
         result = run_cfg_sweep(args)
     elif args.task:
