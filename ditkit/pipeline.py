@@ -19,6 +19,7 @@ from .diffusion.gaussian import GaussianDiffusion
 from .diffusion.guidance import GuidedModel
 from .diffusion.samplers import NoiseSource, sample
 from .models.dit import DiT, DiTConfig
+from .models.video_dit import VideoDiT
 from .training.config import TrainConfig
 
 ASSETS = Path(__file__).parent / "assets"
@@ -161,7 +162,6 @@ class DiTPipeline:
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
     """A bundled name or model file -> its pipeline: a VideoPipeline for a ditkit video DiT, else a DiTPipeline."""
     path = resolve_model_path(name_or_path)
-    from .models.video_dit import VideoDiT
     if path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") == VideoDiT.format_name:
         if autoencoder is not None:
             raise ValueError("video pipelines take no autoencoder (ditkit's video DiTs run in pixel space)")

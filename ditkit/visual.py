@@ -55,5 +55,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
     return path

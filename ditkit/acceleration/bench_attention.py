@@ -68,13 +68,14 @@ def interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
 
 def model_on_canvas(name: str, layout: TokenLayout):
     """A trained model (bundled name or file) rebuilt for ``layout`` (frames x token grid; pos_embed recomputed for
-    the canvas); returns (model, 'video' | 'image'), or None if there is no such model."""
+    the canvas); returns (model, 'video' | 'image', file metadata), or None if there is no such model."""
     from ..pipeline import resolve_model_path
     try:
         path = resolve_model_path(name)
     except FileNotFoundError:
         return None
-    cfg = dict(ckpt.read_metadata(path)["dit_config"])
+    meta = ckpt.read_metadata(path)
+    cfg = dict(meta["dit_config"])
     p = cfg["patch_size"]
     cfg["input_size"] = [layout.height * p, layout.width * p]
     if "num_frames" in cfg:
@@ -86,7 +87,7 @@ def model_on_canvas(name: str, layout: TokenLayout):
         model, kind = DiT(DiTConfig(**cfg)), "image"
     weights = {k: v for k, v in ckpt.load_weights(path).items() if k != "pos_embed"}    # sin-cos, per canvas
     ckpt.load_state_dict_strict(model, weights, str(path), optional=("pos_embed",))
-    return model.eval(), kind
+    return model.eval(), kind, meta
 
 
 @torch.no_grad()
@@ -101,13 +102,12 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
             break
     else:
         return None
-    model, kind = built
+    model, kind, meta = built
     from ..build import build_process
     from ..config import from_dict
-    from ..pipeline import resolve_model_path
     from ..training.config import DiffusionSection
-    train_config = ckpt.read_metadata(resolve_model_path(name)).get("train_config", {})
-    process = build_process(from_dict(DiffusionSection, train_config.get("diffusion", {})), model.config.learn_sigma)
+    diffusion = meta.get("train_config", {}).get("diffusion", {})
+    process = build_process(from_dict(DiffusionSection, diffusion), model.config.learn_sigma)
     mid = len(model.blocks) // 2
     attn = model.blocks[mid].attn
     F, C = layout.frames, model.in_channels
@@ -222,7 +222,7 @@ def end_to_end(recipes: list[str], canvas: int, frames: int, steps: int, seed: i
     from ..pipeline import DiTPipeline, resolve_model_path
     p = ckpt.read_metadata(resolve_model_path(model_name))["dit_config"]["patch_size"]
     layout = TokenLayout(frames, canvas // p, canvas // p)
-    model, kind = model_on_canvas(model_name, layout)
+    model, kind, _ = model_on_canvas(model_name, layout)
     if kind == "video":
         from ..video_pipeline import VideoPipeline
         pipe = VideoPipeline.from_pretrained(model_name)
