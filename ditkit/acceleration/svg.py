@@ -31,29 +31,32 @@ def fit_block(n: int, block: int) -> int:
     return max(d for d in range(1, min(block, n) + 1) if n % d == 0)
 
 
-def band_masks(rows: torch.Tensor, layout: TokenLayout, idx: torch.Tensor, block: int) -> torch.Tensor:
-    """[2, R, N] bool: key masks of the sampled query rows (frame-major indices) under the spatial band (frame-major
-    order) and the temporal band (token-major order)."""
-    N, F = layout.num_tokens, layout.frames
-    j = torch.arange(N, device=rows.device)
-    to_t = lambda p: (p % (N // F)) * F + p // (N // F)            # frame-major index -> token-major position
-    masks = []
-    for qpos, kpos in ((rows, j), (to_t(rows), to_t(j))):
-        band = idx[qpos // block]                                    # [R, K] contiguous key blocks
-        lo, hi = band[:, :1] * block, (band[:, -1:] + 1) * block
-        masks.append((kpos[None] >= lo) & (kpos[None] < hi))
-    return torch.stack(masks)
+def band_outputs(p: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, idx: torch.Tensor, block: int) -> torch.Tensor:
+    """Outputs of sampled query rows under the band mask, computed over each row's kept key window only.
+    p [B, h, R, N] exact attention probabilities with keys in v's order; v [B, h, N, d]; qpos [R] the rows'
+    positions in that order. Returns [B, h, R, d] (renormalised over the kept keys)."""
+    out = v.new_empty(*p.shape[:3], v.shape[-1])
+    qblock = qpos // block
+    for b in qblock.unique().tolist():                       # rows of one query block share one key window
+        sel = (qblock == b).nonzero().view(-1)
+        keys = slice(int(idx[b, 0]) * block, (int(idx[b, -1]) + 1) * block)
+        pk = p[:, :, sel, keys]
+        out[:, :, sel] = (pk @ v[:, :, keys]) / pk.sum(-1, keepdim=True).clamp_min(1e-30)
+    return out
 
 
 def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None) -> torch.Tensor:
     """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
     B, H, N, D = q.shape
     r = torch.randperm(N, generator=generator)[:rows].sort().values.to(q.device)
-    p = torch.softmax((q[:, :, r] @ k.transpose(-2, -1)) * D ** -0.5, dim=-1)       # [B, h, R, N]
-    masks = band_masks(r, layout, idx, block).to(p.dtype)                           # spatial, temporal [2, R, N]
-    w = torch.cat([p, p * masks[0], p * masks[1]], dim=2)                           # [B, h, 3R, N]: one matmul
-    outs = ((w @ v) / w.sum(-1, keepdim=True).clamp_min(1e-30)).unflatten(2, (3, len(r)))  # [B, h, 3, R, d]
-    err = (outs[:, :, 1:] - outs[:, :, :1]).pow(2).mean(dim=(-1, -2))               # masked vs exact [B, h, 2]
+    p = torch.softmax((q[:, :, r] @ k.transpose(-2, -1)) * D ** -0.5, dim=-1)       # [B, h, R, N] frame-major keys
+    exact = p @ v
+    S = N // layout.frames
+    to_t = lambda pos: (pos % S) * layout.frames + pos // S          # frame-major index -> token-major position
+    spatial = band_outputs(p, v, r, idx, block)
+    p_t = to_temporal(p.transpose(-2, -1), layout).transpose(-2, -1)                # keys in token-major order
+    temporal = band_outputs(p_t, to_temporal(v, layout), to_t(r), idx, block)
+    err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
 
