@@ -138,6 +138,8 @@ def test_svg_band_outputs_equal_masked_attention():
         order = torch.argsort(kpos)                                                  # keys in that order
         got = band_outputs(p[..., order], v[:, :, order], qpos, idx, block)
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        got = band_outputs(p, v[:, :, order], qpos, idx, block, key_index=order)       # p's columns left in place
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_linear_attention_matches_formula():

@@ -31,16 +31,18 @@ def fit_block(n: int, block: int) -> int:
     return max(d for d in range(1, min(block, n) + 1) if n % d == 0)
 
 
-def band_outputs(p: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, idx: torch.Tensor, block: int) -> torch.Tensor:
+def band_outputs(p: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, idx: torch.Tensor, block: int,
+                 key_index: torch.Tensor | None = None) -> torch.Tensor:
     """Outputs of sampled query rows under the band mask, computed over each row's kept key window only.
-    p [B, h, R, N] exact attention probabilities with keys in v's order; v [B, h, N, d]; qpos [R] the rows'
-    positions in that order. Returns [B, h, R, d] (renormalised over the kept keys)."""
+    v [B, h, N, d] in the band's token order; qpos [R] the rows' positions in that order; p [B, h, R, N] exact
+    attention probabilities with keys in v's order, or (with ``key_index`` [N]: column of p of each position in v's
+    order) in another order. Returns [B, h, R, d] (renormalised over the kept keys)."""
     out = v.new_empty(*p.shape[:3], v.shape[-1])
     qblock = qpos // block
     for b in qblock.unique().tolist():                       # rows of one query block share one key window
         sel = (qblock == b).nonzero().view(-1)
         keys = slice(int(idx[b, 0]) * block, (int(idx[b, -1]) + 1) * block)
-        pk = p[:, :, sel, keys]
+        pk = p[:, :, sel, keys] if key_index is None else p[:, :, sel].index_select(-1, key_index[keys])
         out[:, :, sel] = (pk @ v[:, :, keys]) / pk.sum(-1, keepdim=True).clamp_min(1e-30)
     return out
 
@@ -49,13 +51,13 @@ def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64
     """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
     B, H, N, D = q.shape
     r = torch.randperm(N, generator=generator)[:rows].sort().values.to(q.device)
-    p = torch.softmax((q[:, :, r] @ k.transpose(-2, -1)) * D ** -0.5, dim=-1)       # [B, h, R, N] frame-major keys
+    p = torch.softmax((q[:, :, r] * D ** -0.5) @ k.transpose(-2, -1), dim=-1)       # [B, h, R, N] frame-major keys
     exact = p @ v
-    S = N // layout.frames
-    to_t = lambda pos: (pos % S) * layout.frames + pos // S          # frame-major index -> token-major position
+    S, F = N // layout.frames, layout.frames
+    to_t = lambda pos: (pos % S) * F + pos // S                      # frame-major index -> token-major position
+    frame_major = torch.arange(N, device=q.device).view(F, S).t().reshape(-1)   # token-major position -> index
     spatial = band_outputs(p, v, r, idx, block)
-    p_t = to_temporal(p.transpose(-2, -1), layout).transpose(-2, -1)                # keys in token-major order
-    temporal = band_outputs(p_t, to_temporal(v, layout), to_t(r), idx, block)
+    temporal = band_outputs(p, to_temporal(v, layout), to_t(r), idx, block, key_index=frame_major)
     err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
