@@ -47,8 +47,10 @@ def band_outputs(p: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, idx: torc
     return out
 
 
-def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None) -> torch.Tensor:
-    """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
+def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None,
+                   v_temporal: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows.
+    ``v_temporal``: v already in token-major order, if the caller has it."""
     B, H, N, D = q.shape
     r = torch.randperm(N, generator=generator)[:rows].sort().values.to(q.device)
     p = torch.softmax((q[:, :, r] * D ** -0.5) @ k.transpose(-2, -1), dim=-1)       # [B, h, R, N] frame-major keys
@@ -57,7 +59,8 @@ def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64
     to_t = lambda pos: (pos % S) * F + pos // S                      # frame-major index -> token-major position
     frame_major = torch.arange(N, device=q.device).view(F, S).t().reshape(-1)   # token-major position -> index
     spatial = band_outputs(p, v, r, idx, block)
-    temporal = band_outputs(p, to_temporal(v, layout), to_t(r), idx, block, key_index=frame_major)
+    v_t = to_temporal(v, layout) if v_temporal is None else v_temporal
+    temporal = band_outputs(p, v_t, to_t(r), idx, block, key_index=frame_major)
     err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
@@ -72,17 +75,19 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     idx = band_index(nb, max(1, round(density * nb)), q.device)
     if layout.frames == 1:                                   # one frame: the two masks coincide
         return band_attention(q.contiguous(), k.contiguous(), v.contiguous(), block, idx.shape[1])
-    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator).view(-1)
+    v_t = to_temporal(v, layout)                             # shared by the profiling and the temporal heads
+    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, v_temporal=v_t).view(-1)
     attend = lambda q_, k_, v_: band_attention(q_.contiguous(), k_.contiguous(), v_.contiguous(), block, idx.shape[1])
-    in_time = lambda q_, k_, v_: from_temporal(attend(*(to_temporal(t, layout) for t in (q_, k_, v_))), layout)
+    in_time = lambda q_, k_, vt_: from_temporal(attend(to_temporal(q_, layout), to_temporal(k_, layout), vt_), layout)
     if not temporal.any():
         return attend(q, k, v)
     if temporal.all():
-        return in_time(q, k, v)
-    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v)]
+        return in_time(q, k, v_t)
+    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v, v_t)]
     out = torch.empty_like(flat[0])
-    for fn, sel in ((attend, (~temporal).nonzero().view(-1)), (in_time, temporal.nonzero().view(-1))):
-        out[:, sel] = fn(*(t.index_select(1, sel) for t in flat))
+    for fn, sel, (q_, k_, v_) in ((attend, (~temporal).nonzero().view(-1), flat[:3]),
+                                  (in_time, temporal.nonzero().view(-1), flat[:2] + flat[3:])):
+        out[:, sel] = fn(*(t.index_select(1, sel) for t in (q_, k_, v_)))
     return out.view(B, H, N, D)
 
 
