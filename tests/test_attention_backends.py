@@ -6,9 +6,9 @@ from ditkit.acceleration.fastattn import WindowResidualAttention
 from ditkit.acceleration.registry import Recipe
 from ditkit.acceleration.sta import (auto_window, search_windows, sliding_tile_attention, sta_density,
                                      window_candidates)
-from ditkit.acceleration.svg import band_outputs, classify_heads, sparse_videogen
+from ditkit.acceleration.svg import candidate_outputs, classify_heads, sparse_videogen
 from ditkit.acceleration.topk import topk_attention
-from ditkit.attention.blocksparse import band_index, block_sparse_attention, window_index
+from ditkit.attention.blocksparse import band_attention, band_index, block_sparse_attention, window_index
 from ditkit.attention.layout import from_temporal, from_tiles, to_temporal, to_tiles
 from ditkit.attention.method import parse_indices, parse_triples
 from ditkit.models.attention import HeadSplit, TokenLayout, linear_attention, sdpa
@@ -121,25 +121,18 @@ def test_svg_classifies_spatial_and_temporal_heads():
     assert classify_heads(q, q, v, LAYOUT, idx, 32).tolist() == [[False, True]]
 
 
-def test_svg_band_outputs_equal_masked_attention():
-    """The profiling's windowed outputs equal exact attention restricted to the band by an explicit key mask, in
-    frame-major order (spatial) and after the token-major transformation (temporal)."""
+def test_svg_profiling_candidates_equal_band_attention():
+    """The profiling's masked outputs on sampled rows equal the sparse kernels' own outputs at those rows: the
+    spatial band in frame-major order and the temporal band after the token-major transformation."""
     q, k, v = qkv(N=256)
     idx, block = band_index(8, 3), 32
     rows = torch.tensor([0, 5, 40, 100, 130, 255])
-    p = torch.softmax(q[:, :, rows] @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
-    S, F = 64, LAYOUT.frames
-    for to_pos in (lambda i: i, lambda i: (i % S) * F + i // S):                   # spatial, temporal key order
-        qpos, kpos = to_pos(rows), to_pos(torch.arange(256))
-        keep = torch.zeros(len(rows), 256, dtype=torch.bool)
-        for i, b in enumerate(qpos // block):
-            keep[i] = torch.isin(kpos // block, idx[b])
-        ref = (p * keep) @ v / (p * keep).sum(-1, keepdim=True)
-        order = torch.argsort(kpos)                                                  # keys in that order
-        got = band_outputs(p[..., order], v[:, :, order], qpos, idx, block)
-        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-        got = band_outputs(p, v[:, :, order], qpos, idx, block, key_index=order)       # p's columns left in place
-        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    exact, spatial, temporal = candidate_outputs(q, k, v, LAYOUT, idx, block, rows)
+    torch.testing.assert_close(exact, sdpa(q, k, v)[:, :, rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(spatial, band_attention(q, k, v, block, 3)[:, :, rows], atol=1e-5, rtol=1e-5)
+    in_time = from_temporal(band_attention(*(to_temporal(t, LAYOUT) for t in (q, k, v)), block, 3), LAYOUT)
+    torch.testing.assert_close(temporal, in_time[:, :, rows], atol=1e-5, rtol=1e-5)
+    assert (spatial - exact).abs().max() > 1e-3 and (temporal - spatial).abs().max() > 1e-3   # the masks matter
 
 
 def test_linear_attention_matches_formula():

@@ -31,36 +31,29 @@ def fit_block(n: int, block: int) -> int:
     return max(d for d in range(1, min(block, n) + 1) if n % d == 0)
 
 
-def band_outputs(p: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, idx: torch.Tensor, block: int,
-                 key_index: torch.Tensor | None = None) -> torch.Tensor:
-    """Outputs of sampled query rows under the band mask, computed over each row's kept key window only.
-    v [B, h, N, d] in the band's token order; qpos [R] the rows' positions in that order; p [B, h, R, N] exact
-    attention probabilities with keys in v's order, or (with ``key_index`` [N]: column of p of each position in v's
-    order) in another order. Returns [B, h, R, d] (renormalised over the kept keys)."""
-    out = v.new_empty(*p.shape[:3], v.shape[-1])
-    qblock = qpos // block
-    for b in qblock.unique().tolist():                       # rows of one query block share one key window
-        sel = (qblock == b).nonzero().view(-1)
-        keys = slice(int(idx[b, 0]) * block, (int(idx[b, -1]) + 1) * block)
-        pk = p[:, :, sel, keys] if key_index is None else p[:, :, sel].index_select(-1, key_index[keys])
-        out[:, :, sel] = (pk @ v[:, :, keys]) / pk.sum(-1, keepdim=True).clamp_min(1e-30)
-    return out
+def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor):
+    """Outputs of the sampled query ``rows`` [R] (frame-major positions) under exact attention, the spatial band and
+    the temporal band, each [B, h, R, d]. All three come from one row of exact probabilities [B, h, R, N] in
+    frame-major key order: a band keeps the keys whose block (in its token order) lies in the query block's window
+    of ``idx`` [nb, K], and is renormalised over them, which equals attending to those keys only."""
+    N, F = q.shape[2], layout.frames
+    S = N // F
+    p = torch.softmax((q[:, :, rows] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    pos = torch.arange(N, device=q.device)
+    to_t = lambda i: (i % S) * F + i // S                    # frame-major index -> token-major position
+    outs = [p @ v]
+    for qpos, kpos in ((rows, pos), (to_t(rows), to_t(pos))):
+        window = idx[qpos // block]                                  # [R, K] key blocks of each row's query block
+        kb = kpos // block
+        pk = p * ((kb >= window[:, :1]) & (kb <= window[:, -1:]))    # band windows are consecutive blocks
+        outs.append((pk @ v) / pk.sum(-1, keepdim=True).clamp_min(1e-30))
+    return outs
 
 
-def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None,
-                   v_temporal: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows.
-    ``v_temporal``: v already in token-major order, if the caller has it."""
-    B, H, N, D = q.shape
-    r = torch.randperm(N, generator=generator)[:rows].sort().values.to(q.device)
-    p = torch.softmax((q[:, :, r] * D ** -0.5) @ k.transpose(-2, -1), dim=-1)       # [B, h, R, N] frame-major keys
-    exact = p @ v
-    S, F = N // layout.frames, layout.frames
-    to_t = lambda pos: (pos % S) * F + pos // S                      # frame-major index -> token-major position
-    frame_major = torch.arange(N, device=q.device).view(F, S).t().reshape(-1)   # token-major position -> index
-    spatial = band_outputs(p, v, r, idx, block)
-    v_t = to_temporal(v, layout) if v_temporal is None else v_temporal
-    temporal = band_outputs(p, v_t, to_t(r), idx, block, key_index=frame_major)
+def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None) -> torch.Tensor:
+    """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
+    r = torch.randperm(q.shape[2], generator=generator)[:rows].sort().values.to(q.device)
+    exact, spatial, temporal = candidate_outputs(q, k, v, layout, idx, block, r)
     err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
@@ -75,19 +68,17 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     idx = band_index(nb, max(1, round(density * nb)), q.device)
     if layout.frames == 1:                                   # one frame: the two masks coincide
         return band_attention(q.contiguous(), k.contiguous(), v.contiguous(), block, idx.shape[1])
-    v_t = to_temporal(v, layout)                             # shared by the profiling and the temporal heads
-    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, v_temporal=v_t).view(-1)
+    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator).view(-1)
     attend = lambda q_, k_, v_: band_attention(q_.contiguous(), k_.contiguous(), v_.contiguous(), block, idx.shape[1])
-    in_time = lambda q_, k_, vt_: from_temporal(attend(to_temporal(q_, layout), to_temporal(k_, layout), vt_), layout)
+    in_time = lambda q_, k_, v_: from_temporal(attend(*(to_temporal(t, layout) for t in (q_, k_, v_))), layout)
     if not temporal.any():
         return attend(q, k, v)
     if temporal.all():
-        return in_time(q, k, v_t)
-    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v, v_t)]
+        return in_time(q, k, v)
+    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v)]
     out = torch.empty_like(flat[0])
-    for fn, sel, (q_, k_, v_) in ((attend, (~temporal).nonzero().view(-1), flat[:3]),
-                                  (in_time, temporal.nonzero().view(-1), flat[:2] + flat[3:])):
-        out[:, sel] = fn(*(t.index_select(1, sel) for t in (q_, k_, v_)))
+    for fn, sel in ((attend, (~temporal).nonzero().view(-1)), (in_time, temporal.nonzero().view(-1))):
+        out[:, sel] = fn(*(t.index_select(1, sel) for t in flat))
     return out.view(B, H, N, D)
 
 
