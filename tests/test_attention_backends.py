@@ -49,9 +49,14 @@ def test_block_sparse_all_blocks_equals_dense():
     torch.testing.assert_close(block_sparse_attention(q, k, v, diag, 32), ref, atol=1e-6, rtol=0)
 
 
-def test_block_sparse_matches_masked_attention():
+@pytest.mark.parametrize("pattern", [
+    band_index(8, 3),                                  # shared windows, runs of blocks: sliced views
+    window_index((2, 2, 2), (2, 1, 2)),                # shared windows, scattered blocks and query groups
+    torch.stack([torch.roll(torch.arange(8), -i)[:3] for i in range(8)]),   # every window distinct: chunked gather
+])
+def test_block_sparse_matches_masked_attention(pattern):
     q, k, v = qkv()
-    idx = band_index(8, 3)[None, None]
+    idx = pattern[None, None]
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask.scatter_(1, idx[0, 0], True)
     mask = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)

@@ -22,7 +22,7 @@ import torch
 from ..attention.blocksparse import band_attention, band_index
 from ..attention.layout import from_temporal, to_temporal
 from ..attention.method import AttentionMethod, dense_fraction
-from ..models.attention import TokenLayout
+from ..models.attention import TokenLayout, sdpa
 from .registry import register
 
 
@@ -31,29 +31,31 @@ def fit_block(n: int, block: int) -> int:
     return max(d for d in range(1, min(block, n) + 1) if n % d == 0)
 
 
-def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor):
+def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor, kv_temporal=None):
     """Outputs of the sampled query ``rows`` [R] (frame-major positions) under exact attention, the spatial band and
-    the temporal band, each [B, h, R, d]. All three come from one row of exact probabilities [B, h, R, N] in
-    frame-major key order: a band keeps the keys whose block (in its token order) lies in the query block's window
-    of ``idx`` [nb, K], and is renormalised over them, which equals attending to those keys only."""
-    N, F = q.shape[2], layout.frames
-    S = N // F
-    p = torch.softmax((q[:, :, rows] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
-    pos = torch.arange(N, device=q.device)
-    to_t = lambda i: (i % S) * F + i // S                    # frame-major index -> token-major position
-    outs = [p @ v]
-    for qpos, kpos in ((rows, pos), (to_t(rows), to_t(pos))):
-        window = idx[qpos // block]                                  # [R, K] key blocks of each row's query block
-        kb = kpos // block
-        pk = p * ((kb >= window[:, :1]) & (kb <= window[:, -1:]))    # band windows are consecutive blocks
-        outs.append((pk @ v) / pk.sum(-1, keepdim=True).clamp_min(1e-30))
+    the temporal band, each [B, h, R, d]. A band output is attention over the query block's window of ``idx``
+    [nb, K] only (SDPA on that key window, the rows of one window together), in frame-major order for the spatial
+    band and token-major order for the temporal one; ``kv_temporal``: k, v already in token-major order."""
+    F = layout.frames
+    S = q.shape[2] // F
+    qr = q[:, :, rows]
+    outs = [sdpa(qr, k, v)]
+    k_t, v_t = kv_temporal or (to_temporal(k, layout), to_temporal(v, layout))
+    for qpos, (kk, vv) in ((rows, (k, v)), ((rows % S) * F + rows // S, (k_t, v_t))):
+        out, qblock = torch.empty_like(outs[0]), qpos // block
+        for b in qblock.unique().tolist():
+            sel = (qblock == b).nonzero().view(-1)
+            keys = slice(int(idx[b, 0]) * block, (int(idx[b, -1]) + 1) * block)
+            out[:, :, sel] = sdpa(qr[:, :, sel], kk[:, :, keys], vv[:, :, keys])
+        outs.append(out)
     return outs
 
 
-def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None) -> torch.Tensor:
+def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None,
+                   kv_temporal=None) -> torch.Tensor:
     """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
     r = torch.randperm(q.shape[2], generator=generator)[:rows].sort().values.to(q.device)
-    exact, spatial, temporal = candidate_outputs(q, k, v, layout, idx, block, r)
+    exact, spatial, temporal = candidate_outputs(q, k, v, layout, idx, block, r, kv_temporal)
     err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
@@ -68,17 +70,19 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     idx = band_index(nb, max(1, round(density * nb)), q.device)
     if layout.frames == 1:                                   # one frame: the two masks coincide
         return band_attention(q.contiguous(), k.contiguous(), v.contiguous(), block, idx.shape[1])
-    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator).view(-1)
+    k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)  # shared by the profiling and the temporal heads
+    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, (k_t, v_t)).view(-1)
     attend = lambda q_, k_, v_: band_attention(q_.contiguous(), k_.contiguous(), v_.contiguous(), block, idx.shape[1])
-    in_time = lambda q_, k_, v_: from_temporal(attend(*(to_temporal(t, layout) for t in (q_, k_, v_))), layout)
+    in_time = lambda q_, k_t_, v_t_: from_temporal(attend(to_temporal(q_, layout), k_t_, v_t_), layout)
     if not temporal.any():
         return attend(q, k, v)
     if temporal.all():
-        return in_time(q, k, v)
-    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v)]
+        return in_time(q, k_t, v_t)
+    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v, k_t, v_t)]
     out = torch.empty_like(flat[0])
-    for fn, sel in ((attend, (~temporal).nonzero().view(-1)), (in_time, temporal.nonzero().view(-1))):
-        out[:, sel] = fn(*(t.index_select(1, sel) for t in flat))
+    for fn, sel, tensors in ((attend, (~temporal).nonzero().view(-1), flat[:3]),
+                             (in_time, temporal.nonzero().view(-1), flat[:1] + flat[3:])):
+        out[:, sel] = fn(*(t.index_select(1, sel) for t in tensors))
     return out.view(B, H, N, D)
 
 
