@@ -76,7 +76,7 @@ def run(args):
         raise ValueError("classifier-free guidance needs labels: pass --label or --frame-labels, or --cfg-scale 1")
     t0 = time.time()
     kwargs = dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                  eta=args.eta, progress=not args.no_progress and os.isatty(2))
+                  context_scale=args.context_scale, eta=args.eta, progress=not args.no_progress and os.isatty(2))
     first = labels[:, :window] if labels is not None and labels.dim() == 2 else labels
     video = pipe(context[None], mask, first, seed=args.seed, **kwargs)
     if F > window:
@@ -88,12 +88,19 @@ def run(args):
           f"{args.num_sampling_steps} {args.sampler or pipe.default_sampler} steps) in {time.time() - t0:.1f} s")
 
 
+def add_context_scale_arg(p):
+    p.add_argument("--context-scale", type=float, default=1.0,
+                   help="video: guidance towards the given frames, v_free + s (v_given - v_free) with v_free the "
+                        "prediction with nothing given (1 = off; costs one more network call per step)")
+
+
 def register(sub):
     from .generate import add_sampling_args
     g = sub.add_parser("generate-video", help="generate a video by masking: predict, backward, interpolate, animate, "
                                               "complete, story or uncond; writes GIF, MP4 and a frame-strip PNG")
     add_sampling_args(g)
     g.set_defaults(model="moving-mnist-vdt", sampler=None, cfg_scale=1.0)
+    add_context_scale_arg(g)
     g.add_argument("--task", choices=TASKS, required=True,
                    help="predict: first frames given; backward: last frames; interpolate: every --stride-th frame and "
                         "the last; animate: first frame; story: first frame + --frame-labels; complete: a centred "

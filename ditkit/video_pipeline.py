@@ -16,7 +16,7 @@ import torch
 
 from .build import build_process
 from .config import from_dict
-from .diffusion.guidance import GuidedModel
+from .diffusion.guidance import ContextGuidedModel, GuidedModel
 from .diffusion.masks import check_mask, given_frames, task_mask
 from .diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
 from .diffusion.flow import FlowMatching
@@ -95,12 +95,14 @@ class VideoPipeline(DiTPipeline):
     @torch.no_grad()
     def __call__(self, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  labels: Sequence | torch.Tensor | None = None, num_videos: int | None = None,
-                 num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0, seed: int = 0,
-                 eta: float = 0.0, batch_size: int | None = None, progress: bool = False,
-                 step_callback=None) -> torch.Tensor:
+                 num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
+                 context_scale: float = 1.0, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
+                 progress: bool = False, step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
         labels [N] or per frame [N, F] (None = the null label). Without context: ``num_videos`` unconditional videos
-        of the model's length. Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
+        of the model's length. ``cfg_scale`` guides towards the labels, ``context_scale`` towards the given frames
+        (one more network call per step; :class:`~ditkit.diffusion.guidance.ContextGuidedModel`).
+        Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
         if context is None:
             n = num_videos or (len(labels) if labels is not None else 1)
             context = torch.zeros(n, *self.frame_shape[:1], self.num_frames, *self.frame_shape[1:])
@@ -114,6 +116,9 @@ class VideoPipeline(DiTPipeline):
             raise ValueError(f"labels must be [{N}] or per frame [{N}, {F}], got {list(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() > null):
             raise ValueError(f"labels out of range: this model has classes 0..{null - 1} ({null} = no label)")
+        if context_scale != 1.0 and bool(mask.all()):
+            raise ValueError(f"context_scale={context_scale} guides towards given frames, but the mask gives nothing: "
+                             f"use context_scale=1 or a task with given frames")
         bs = batch_size or N
         outs = []
         for start in range(0, N, bs):
@@ -126,6 +131,10 @@ class VideoPipeline(DiTPipeline):
             noise = NoiseSource(range(seed + start, seed + start + len(ctx)), self.device)
             guided = GuidedModel(bound, y, null, cfg_scale, self.process, batched=True,
                                  branch_callback=self.recipe.begin_branch)
+            if context_scale != 1.0:
+                free = lambda x, t, ctx=ctx, y=y: self.model(x, t, torch.full_like(y, null), context=ctx,
+                                                              mask=torch.ones_like(ctx[:, :1]))
+                guided = ContextGuidedModel(guided, free, context_scale, self.recipe.begin_branch)
             self.recipe.reset(num_sampling_steps)
             x = sample(guided, noise.randn(C, F, H, W), self.process, sampler or self.default_sampler,
                        num_sampling_steps, noise, eta=eta, progress=progress,

@@ -106,6 +106,28 @@ def test_flow_model_samples_and_story_labels(tmp_path):
         pipe(ctx[None], mask, labels=[12], num_sampling_steps=1)
 
 
+def test_context_guidance_is_free_plus_scaled_difference(tmp_path):
+    """One Euler step with context guidance equals x + dt * (v_free + s * (v_given - v_free)), v_free the network
+    with nothing given and the null label; s = 1 is plain sampling; nothing given is an error."""
+    pipe = VideoPipeline.from_pretrained(save_tiny_model(tmp_path / "m.safetensors", "flow"))
+    truth = torch.rand(2, 1, 4, 16, 16) * 2 - 1
+    _, mask = video_condition("predict", truth[0], 4, pipe.frame_shape, given=2)
+    mask = mask[None].expand(2, 1, 4, 16, 16)
+    x0 = torch.stack([torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    t = torch.zeros(2)
+    null = torch.full((2,), 10)
+    with torch.no_grad():
+        v_given = pipe.model(x0, t, null, context=truth, mask=mask)
+        v_free = pipe.model(x0, t, null, context=truth, mask=torch.ones_like(mask))
+    assert (v_given - v_free).abs().max() > 1e-3                                   # the given frames matter
+    for s in (1.0, 3.0):
+        out = pipe(truth, mask, num_sampling_steps=1, sampler="euler", context_scale=s)
+        ref = torch.where(mask.bool(), (x0 + v_free + s * (v_given - v_free)).clamp(-1, 1), truth)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="context_scale"):
+        pipe(truth, torch.ones(1, 1, 4, 16, 16), num_sampling_steps=1, context_scale=2.0)
+
+
 def test_video_condition_errors():
     shape = (1, 16, 16)
     with pytest.raises(ValueError, match="resize"):

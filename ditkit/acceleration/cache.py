@@ -20,7 +20,8 @@ import torch
 
 from .registry import Method
 
-BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond")}
+BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond"),
+               "free": ("free",)}                       # video context guidance's nothing-given call
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

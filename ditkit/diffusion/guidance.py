@@ -4,6 +4,10 @@ The guided output is uncond + scale * (cond - uncond) on the prediction channels
 original DiT guides only the first 3 of its 4 latent channels, available as ``guide_channels=3``). Learned-variance
 channels are taken from the conditional branch. Outside the optional guidance interval (noise level in [0, 1],
 1 = pure noise) only the conditional branch is evaluated.
+
+Context guidance (video masking, as Stable Video Diffusion guides towards its conditioning frame) pushes the
+prediction towards the given frames: v_free + scale * (v_given - v_free), where v_free is the network with nothing
+given and the null label, and v_given the (label-guided) prediction with the given frames.
 """
 from __future__ import annotations
 
@@ -56,3 +60,19 @@ class GuidedModel:
         g = self.guide_channels if self.guide_channels is not None else x.shape[1]
         guided = uncond[:, :g] + self.cfg_scale * (cond[:, :g] - uncond[:, :g])
         return torch.cat([guided, cond[:, g:]], dim=1)
+
+
+class ContextGuidedModel:
+    """``model_fn(x, t)``: ``free(x, t) + scale * (given(x, t) - free(x, t))``; ``given`` is the (label-guided)
+    prediction with the known frames, ``free`` the one with nothing given and the null label. ``branch_callback``
+    is told "free" before the extra network call."""
+
+    def __init__(self, given, free, scale: float, branch_callback=None):
+        self.given, self.free, self.scale = given, free, scale
+        self.branch_callback = branch_callback or (lambda branch: None)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = self.given(x, t)
+        self.branch_callback("free")
+        v_free = self.free(x, t)
+        return v_free + self.scale * (v - v_free)

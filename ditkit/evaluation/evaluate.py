@@ -251,6 +251,7 @@ def run(args):
 
 def register(sub):
     from ..generate import add_sampling_args
+    from ..generate_video import add_context_scale_arg
     p = sub.add_parser("eval", help="sample a model and score it (MNIST: classifier accuracy and Fréchet distance on "
                                     "ditkit's MNIST-classifier features)")
     add_sampling_args(p, default_cfg=EVAL_CFG_SCALE)
@@ -260,6 +261,7 @@ def register(sub):
                    help="video models: score this masked task on held-out Moving MNIST against a baseline (PSNR/SSIM; "
                         "story: label accuracy, guided by --cfg-scale)")
     p.add_argument("--num-videos", type=int, default=200, help="--task: held-out clips to evaluate")
+    add_context_scale_arg(p)
     p.add_argument("--cfg-sweep", help="image models: evaluate at each of these comma-separated guidance scales "
                                        "(same seeds) and report the one with the lowest Fréchet distance")
     p.add_argument("--plot", help="--cfg-sweep: write Fréchet distance and accuracy against the scale to this PNG")

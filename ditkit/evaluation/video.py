@@ -94,12 +94,13 @@ def read_digits(frames: torch.Tensor, digit_size: int) -> torch.Tensor:
     return load_classifier()(torch.nn.functional.pad(digits, (2, 2, 2, 2), value=-1.0).clamp(-1, 1)).argmax(1)
 
 
-def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size, progress, cfg_scale):
+def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size, progress, cfg_scale,
+           context_scale):
     truth, labels = heldout_clips(train_config, num_videos, switch_prob=1.0)
     N, _, F, H, W = truth.shape
     mask = task_mask("story", F, H, W).expand(N, 1, F, H, W)
     pred = pipe(truth, mask, labels, num_sampling_steps=num_sampling_steps, sampler=sampler, cfg_scale=cfg_scale,
-                seed=seed, batch_size=batch_size, progress=progress)
+                context_scale=context_scale, seed=seed, batch_size=batch_size, progress=progress)
     size = train_config.data.digit_size
     frames = list(range(1, F))
     read = lambda video: read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), size).view(N, -1)
@@ -116,9 +117,10 @@ def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, ba
 
 def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: int = 50, sampler: str | None = None,
                    seed: int = 0, batch_size: int | None = None, progress: bool = False,
-                   cfg_scale: float = 4.0) -> tuple[dict, dict]:
+                   cfg_scale: float = 4.0, context_scale: float = 1.0) -> tuple[dict, dict]:
     """Score a VideoPipeline on ``task``; returns (result dict, tensors: truth, model, baseline, mask).
-    ``cfg_scale`` applies to 'story' only (the other tasks use no labels)."""
+    ``cfg_scale`` applies to 'story' only (the other tasks use no labels); ``context_scale`` is the guidance towards
+    the given frames (1 = none)."""
     from ..training.video import VideoTrainConfig
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown video evaluation task {task!r}; valid: {', '.join(EVAL_TASKS)}")
@@ -128,9 +130,10 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     t0 = time.time()
     if task == "story":
         result, tensors = _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size,
-                                 progress, cfg_scale)
+                                 progress, cfg_scale, context_scale)
         result["sampling"] = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
-                              "seed": seed, "cfg_scale": cfg_scale, "labels": "true per-frame labels"}
+                              "seed": seed, "cfg_scale": cfg_scale, "context_scale": context_scale,
+                              "labels": "true per-frame labels"}
         return {**result, "sampling_seconds": time.time() - t0}, tensors
     truth = heldout_clips(train_config, num_videos)[0]
     N, _, F, H, W = truth.shape
@@ -140,7 +143,7 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     else:
         mask = task_mask(task, F, H, W).expand(N, 1, F, H, W)
     pred = pipe(truth, mask, None, num_sampling_steps=num_sampling_steps, sampler=sampler, seed=seed,
-                batch_size=batch_size, progress=progress)
+                context_scale=context_scale, batch_size=batch_size, progress=progress)
     seconds = time.time() - t0
     base = baseline_fill(truth, mask)
     frames = [f for f in range(F) if mask[:, :, f].any()]
@@ -155,7 +158,7 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
         "data": f"held-out Moving MNIST (1,000 held-out digits), seed {EVAL_SEED}, {F} frames of {H}x{W}",
         "metrics": f"PSNR (dB, capped at {PSNR_CAP:g}) and SSIM on full frames in [-1, 1], mean over clips per frame",
         "sampling": {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
-                     "seed": seed, "labels": "none (null label)"},
+                     "seed": seed, "context_scale": context_scale, "labels": "none (null label)"},
         "sampling_seconds": seconds,
     }
     return result, {"truth": truth, "model": pred, "baseline": base, "mask": mask}
@@ -202,7 +205,8 @@ def run_video_eval(args) -> dict:
     from ..video_pipeline import VideoPipeline
     pipe = VideoPipeline.from_pretrained(args.model, args.device)
     result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
-                                     args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale)
+                                     args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
+                                     args.context_scale)
     stem = Path(args.json).with_suffix("") if args.json else Path("out") / f"eval-video-{args.task}"
     plot = plot_per_frame(result, f"{stem}-per-frame.png")
     result = {"model": str(args.model), **result, "plot": str(plot) if plot else None,
