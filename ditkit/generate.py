@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 
-def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0):
+def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, default_interval=None):
     """Flags shared by generate, eval and bench (DiT names; diffusers names as aliases)."""
     p.add_argument("--model", default="mnist-dit",
                    help="bundled model name, .safetensors file, results folder, or an official DiT .pt checkpoint")
@@ -17,7 +17,9 @@ def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0):
     p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++2m (DDPM models); euler | heun (flow models)")
     p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=float, default=default_cfg)
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                   help="apply guidance only at noise levels in [LOW, HIGH] (1 = pure noise)")
+                   default=list(default_interval) if default_interval else None,
+                   help="apply guidance only at noise levels in [LOW, HIGH] (1 = pure noise; 0 1 = everywhere)"
+                        + (f"; default {default_interval[0]:g} {default_interval[1]:g}" if default_interval else ""))
     p.add_argument("--dit-cfg", action="store_true", help="guide only the first 3 channels, as the original DiT")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")

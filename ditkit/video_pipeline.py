@@ -96,11 +96,12 @@ class VideoPipeline(DiTPipeline):
     def __call__(self, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  labels: Sequence | torch.Tensor | None = None, num_videos: int | None = None,
                  num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
-                 context_scale: float = 1.0, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
+                 guidance_interval=None, context_scale: float = 1.0, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
                  progress: bool = False, step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
         labels [N] or per frame [N, F] (None = the null label). Without context: ``num_videos`` unconditional videos
-        of the model's length. ``cfg_scale`` guides towards the labels, ``context_scale`` towards the given frames
+        of the model's length. ``cfg_scale`` guides towards the labels (only at noise levels in
+        ``guidance_interval``, if given), ``context_scale`` towards the given frames
         (one more network call per step; :class:`~ditkit.diffusion.guidance.ContextGuidedModel`).
         Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
         if context is None:
@@ -129,7 +130,7 @@ class VideoPipeline(DiTPipeline):
                 r = x.shape[0] // ctx.shape[0]
                 return self.model(x, t, y_, context=ctx.repeat(r, 1, 1, 1, 1), mask=m.repeat(r, 1, 1, 1, 1))
             noise = NoiseSource(range(seed + start, seed + start + len(ctx)), self.device)
-            guided = GuidedModel(bound, y, null, cfg_scale, self.process, batched=True,
+            guided = GuidedModel(bound, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
                                  branch_callback=self.recipe.begin_branch)
             if context_scale != 1.0:
                 free = lambda x, t, ctx=ctx, y=y: self.model(x, t, torch.full_like(y, null), context=ctx,

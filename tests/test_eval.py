@@ -73,7 +73,7 @@ def test_evaluate_pipeline_plumbing():
     assert r["frechet_distance_real_baseline"] == frechet_distance_real_baseline(20)
     assert 0 <= r["class_accuracy"] <= 1 and r["frechet_distance"] > r["frechet_distance_real_baseline"] > 0
     assert set(r["per_class_accuracy"]) == {str(c) for c in range(10)}
-    assert r["sampling"] == dict(num_sampling_steps=2, sampler="ddim", cfg_scale=2.0, seed=0)
+    assert r["sampling"] == dict(num_sampling_steps=2, sampler="ddim", cfg_scale=2.0, guidance_interval=(0.0, 0.6), seed=0)
     assert r["seconds"] >= r["sampling_seconds"] > 0
 
 

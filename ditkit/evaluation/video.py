@@ -95,12 +95,12 @@ def read_digits(frames: torch.Tensor, digit_size: int) -> torch.Tensor:
 
 
 def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size, progress, cfg_scale,
-           context_scale):
+           guidance_interval, context_scale):
     truth, labels = heldout_clips(train_config, num_videos, switch_prob=1.0)
     N, _, F, H, W = truth.shape
     mask = task_mask("story", F, H, W).expand(N, 1, F, H, W)
     pred = pipe(truth, mask, labels, num_sampling_steps=num_sampling_steps, sampler=sampler, cfg_scale=cfg_scale,
-                context_scale=context_scale, seed=seed, batch_size=batch_size, progress=progress)
+                guidance_interval=guidance_interval, context_scale=context_scale, seed=seed, batch_size=batch_size, progress=progress)
     size = train_config.data.digit_size
     frames = list(range(1, F))
     read = lambda video: read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), size).view(N, -1)
@@ -117,10 +117,10 @@ def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, ba
 
 def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: int = 50, sampler: str | None = None,
                    seed: int = 0, batch_size: int | None = None, progress: bool = False,
-                   cfg_scale: float = 4.0, context_scale: float = 1.0) -> tuple[dict, dict]:
+                   cfg_scale: float = 4.0, guidance_interval=None, context_scale: float = 1.0) -> tuple[dict, dict]:
     """Score a VideoPipeline on ``task``; returns (result dict, tensors: truth, model, baseline, mask).
-    ``cfg_scale`` applies to 'story' only (the other tasks use no labels); ``context_scale`` is the guidance towards
-    the given frames (1 = none)."""
+    ``cfg_scale`` and ``guidance_interval`` apply to 'story' only (the other tasks use no labels); ``context_scale``
+    is the guidance towards the given frames (1 = none)."""
     from ..training.video import VideoTrainConfig
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown video evaluation task {task!r}; valid: {', '.join(EVAL_TASKS)}")
@@ -130,9 +130,10 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     t0 = time.time()
     if task == "story":
         result, tensors = _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size,
-                                 progress, cfg_scale, context_scale)
+                                 progress, cfg_scale, guidance_interval, context_scale)
         result["sampling"] = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
-                              "seed": seed, "cfg_scale": cfg_scale, "context_scale": context_scale,
+                              "seed": seed, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval,
+                              "context_scale": context_scale,
                               "labels": "true per-frame labels"}
         return {**result, "sampling_seconds": time.time() - t0}, tensors
     truth = heldout_clips(train_config, num_videos)[0]
@@ -206,6 +207,7 @@ def run_video_eval(args) -> dict:
     pipe = VideoPipeline.from_pretrained(args.model, args.device)
     result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
                                      args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
+                                     tuple(args.guidance_interval) if args.guidance_interval else None,
                                      args.context_scale)
     stem = Path(args.json).with_suffix("") if args.json else Path("out") / f"eval-video-{args.task}"
     plot = plot_per_frame(result, f"{stem}-per-frame.png")
