@@ -96,8 +96,8 @@ class VideoPipeline(DiTPipeline):
     def __call__(self, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  labels: Sequence | torch.Tensor | None = None, num_videos: int | None = None,
                  num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
-                 guidance_interval=None, context_scale: float = 1.0, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
-                 progress: bool = False, step_callback=None) -> torch.Tensor:
+                 guidance_interval=None, context_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
+                 batch_size: int | None = None, progress: bool = False, step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
         labels [N] or per frame [N, F] (None = the null label). Without context: ``num_videos`` unconditional videos
         of the model's length. ``cfg_scale`` guides towards the labels (only at noise levels in
@@ -133,8 +133,8 @@ class VideoPipeline(DiTPipeline):
             guided = GuidedModel(bound, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
                                  branch_callback=self.recipe.begin_branch)
             if context_scale != 1.0:
-                free = lambda x, t, ctx=ctx, y=y: self.model(x, t, torch.full_like(y, null), context=ctx,
-                                                              mask=torch.ones_like(ctx[:, :1]))
+                free_y = torch.full((len(y),), null, dtype=torch.long, device=y.device)   # nothing given: no mask
+                free = lambda x, t, free_y=free_y: self.model(x, t, free_y)
                 guided = ContextGuidedModel(guided, free, context_scale, self.recipe.begin_branch)
             self.recipe.reset(num_sampling_steps)
             x = sample(guided, noise.randn(C, F, H, W), self.process, sampler or self.default_sampler,

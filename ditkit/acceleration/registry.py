@@ -9,8 +9,8 @@ either. The life cycle, driven by :class:`ditkit.pipeline.DiTPipeline`:
     reset(num_steps)          at the start of every generation (state never leaks between calls)
     begin_step(i, num_steps)  before the model evaluations of sampler step i
     begin_branch(branch)      before each network call: "cond", "uncond" (separate CFG calls) or "cond+uncond"
-                              (batched), or "free" (video context guidance: nothing given, null label)
-                              (one batched call whose first half is conditional); "cond" also without guidance
+                              (one batched call whose first half is conditional); "cond" also without guidance;
+                              "free" for video context guidance's extra call (nothing given, null label)
     detach(model)             restore the model exactly
 """
 from __future__ import annotations

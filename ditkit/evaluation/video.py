@@ -100,7 +100,8 @@ def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, ba
     N, _, F, H, W = truth.shape
     mask = task_mask("story", F, H, W).expand(N, 1, F, H, W)
     pred = pipe(truth, mask, labels, num_sampling_steps=num_sampling_steps, sampler=sampler, cfg_scale=cfg_scale,
-                guidance_interval=guidance_interval, context_scale=context_scale, seed=seed, batch_size=batch_size, progress=progress)
+                guidance_interval=guidance_interval, context_scale=context_scale, seed=seed, batch_size=batch_size,
+                progress=progress)
     size = train_config.data.digit_size
     frames = list(range(1, F))
     read = lambda video: read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), size).view(N, -1)
@@ -133,8 +134,7 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
                                  progress, cfg_scale, guidance_interval, context_scale)
         result["sampling"] = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
                               "seed": seed, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval,
-                              "context_scale": context_scale,
-                              "labels": "true per-frame labels"}
+                              "context_scale": context_scale, "labels": "true per-frame labels"}
         return {**result, "sampling_seconds": time.time() - t0}, tensors
     truth = heldout_clips(train_config, num_videos)[0]
     N, _, F, H, W = truth.shape
