@@ -140,6 +140,20 @@ def test_svg_profiling_candidates_equal_band_attention():
     assert (spatial - exact).abs().max() > 1e-3 and (temporal - spatial).abs().max() > 1e-3   # the masks matter
 
 
+def test_svg_applies_each_heads_mask():
+    """Mixed spatial and temporal heads, with q, k, v as non-contiguous views (as the model passes them): every
+    (sample, head) of the output equals the band attention of the kind its profiling chose."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 256, 3, 4, 16, generator=g).permute(2, 0, 3, 1, 4).unbind(0)     # [B, h, N, d] views
+    idx, block = band_index(8, 3), 32
+    temporal = classify_heads(q, k, v, LAYOUT, idx, block, 64, torch.Generator().manual_seed(0))
+    assert temporal.any() and not temporal.all() and not q.is_contiguous()
+    out = sparse_videogen(q, k, v, LAYOUT, density=3 / 8, block=block, rows=64, generator=torch.Generator().manual_seed(0))
+    spatial = band_attention(q, k, v, block, 3)
+    in_time = from_temporal(band_attention(*(to_temporal(t, LAYOUT) for t in (q, k, v)), block, 3), LAYOUT)
+    torch.testing.assert_close(out, torch.where(temporal[..., None, None], in_time, spatial), atol=1e-5, rtol=1e-5)
+
+
 def test_linear_attention_matches_formula():
     q, k, v = qkv(N=64)
     qr, kr = q.relu(), k.relu()

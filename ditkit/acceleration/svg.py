@@ -20,7 +20,7 @@ import dataclasses
 import torch
 
 from ..attention.blocksparse import band_attention, band_index
-from ..attention.layout import from_temporal, to_temporal
+from ..attention.layout import to_temporal
 from ..attention.method import AttentionMethod, dense_fraction
 from ..models.attention import TokenLayout, sdpa
 from .registry import register
@@ -34,7 +34,7 @@ def fit_block(n: int, block: int) -> int:
 def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor, kv_temporal=None):
     """Outputs of the sampled query ``rows`` [R] (frame-major positions) under exact attention, the spatial band and
     the temporal band, each [B, h, R, d]. A band output is attention over the query block's window of ``idx``
-    [nb, K] only (SDPA on that key window, the rows of one window together), in frame-major order for the spatial
+    [nb, K] only: one SDPA call per distinct window on the rows that share it, in frame-major order for the spatial
     band and token-major order for the temporal one; ``kv_temporal``: k, v already in token-major order."""
     F = layout.frames
     S = q.shape[2] // F
@@ -42,12 +42,14 @@ def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch
     outs = [sdpa(qr, k, v)]
     k_t, v_t = kv_temporal or (to_temporal(k, layout), to_temporal(v, layout))
     for qpos, (kk, vv) in ((rows, (k, v)), ((rows % S) * F + rows // S, (k_t, v_t))):
-        out, qblock = torch.empty_like(outs[0]), qpos // block
-        for b in qblock.unique().tolist():
-            sel = (qblock == b).nonzero().view(-1)
-            keys = slice(int(idx[b, 0]) * block, (int(idx[b, -1]) + 1) * block)
-            out[:, :, sel] = sdpa(qr[:, :, sel], kk[:, :, keys], vv[:, :, keys])
-        outs.append(out)
+        qpos, order = qpos.sort()
+        q_sorted, out = qr[:, :, order], torch.empty_like(outs[0])
+        starts, counts = idx[qpos // block, 0].unique_consecutive(return_counts=True)
+        end = 0
+        for start, count in zip(starts.tolist(), counts.tolist()):
+            keys, end = slice(start * block, (start + idx.shape[1]) * block), end + count
+            out[:, :, end - count:end] = sdpa(q_sorted[:, :, end - count:end], kk[:, :, keys], vv[:, :, keys])
+        outs.append(out[:, :, order.argsort()])
     return outs
 
 
@@ -60,30 +62,43 @@ def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64
     return err[..., 1] < err[..., 0]
 
 
+def head_runs(temporal: torch.Tensor) -> list[tuple[int, slice, bool]]:
+    """[B, h] bool -> (sample, head slice, temporal) for every run of consecutive heads of one kind."""
+    runs = []
+    for b, row in enumerate(temporal.tolist()):
+        start = 0
+        for h in range(1, len(row) + 1):
+            if h == len(row) or row[h] != row[start]:
+                runs.append((b, slice(start, h), row[start]))
+                start = h
+    return runs
+
+
 def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, block: int = 256, rows: int = 64,
                     generator=None) -> torch.Tensor:
-    """q, k, v [B, h, N, d] frame-major -> [B, h, N, d]."""
+    """q, k, v [B, h, N, d] frame-major (any strides, last dim contiguous) -> [B, h, N, d]. Spatial heads attend on
+    views of q, k, v and write into the output in place; temporal heads copy q to token-major order and their
+    output back (k, v in token-major order are shared with the profiling)."""
     B, H, N, D = q.shape
     layout = layout or TokenLayout(1, 1, N)
     block = fit_block(N, block)
     nb = N // block
     idx = band_index(nb, max(1, round(density * nb)), q.device)
+    width = idx.shape[1]
     if layout.frames == 1:                                   # one frame: the two masks coincide
-        return band_attention(q.contiguous(), k.contiguous(), v.contiguous(), block, idx.shape[1])
-    k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)  # shared by the profiling and the temporal heads
-    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, (k_t, v_t)).view(-1)
-    attend = lambda q_, k_, v_: band_attention(q_.contiguous(), k_.contiguous(), v_.contiguous(), block, idx.shape[1])
-    in_time = lambda q_, k_t_, v_t_: from_temporal(attend(to_temporal(q_, layout), k_t_, v_t_), layout)
-    if not temporal.any():
-        return attend(q, k, v)
-    if temporal.all():
-        return in_time(q, k_t, v_t)
-    flat = [t.reshape(1, B * H, N, D) for t in (q, k, v, k_t, v_t)]
-    out = torch.empty_like(flat[0])
-    for fn, sel, tensors in ((attend, (~temporal).nonzero().view(-1), flat[:3]),
-                             (in_time, temporal.nonzero().view(-1), flat[:1] + flat[3:])):
-        out[:, sel] = fn(*(t.index_select(1, sel) for t in tensors))
-    return out.view(B, H, N, D)
+        return band_attention(q, k, v, block, width)
+    k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)
+    temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, (k_t, v_t))
+    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    F, S = layout.frames, N // layout.frames
+    for b, heads, in_time in head_runs(temporal):
+        at = (slice(b, b + 1), heads)
+        if in_time:
+            out_t = band_attention(to_temporal(q[at], layout), k_t[at], v_t[at], block, width)
+            out[at].unflatten(2, (F, S)).transpose(2, 3).copy_(out_t.unflatten(2, (S, F)))
+        else:
+            band_attention(q[at], k[at], v[at], block, width, out=out[at])
+    return out
 
 
 def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256) -> float:

@@ -88,18 +88,21 @@ def window_index(grid: tuple[int, int, int], window: tuple[int, int, int], devic
     return idx.reshape(gf * gh * gw, wf * wh * ww)
 
 
-def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, width: int) -> torch.Tensor:
+def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, width: int,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of each query block to its ``width`` neighbouring key blocks (:func:`band_index`), with nothing
     gathered: the key/value windows of the interior query blocks are overlapping strided views of k and v, and the
-    clamped edge blocks are two more calls. q, k, v [B, h, N, d] (any strides, last dim contiguous) -> [B, h, N, d]."""
+    clamped edge blocks are two more calls. q, k, v [B, h, N, d] (any strides, last dim contiguous) -> [B, h, N, d],
+    written into ``out`` (e.g. a view of a larger tensor) when given."""
     B, H, N, D = q.shape
     nb = N // block
     K = min(width, nb)
     if K == nb:
-        return F.scaled_dot_product_attention(q, k, v)
+        dense = F.scaled_dot_product_attention(q, k, v)
+        return dense if out is None else out.copy_(dense)
+    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device) if out is None else out
     head_end = K // 2 + 1                                   # query blocks [0, head_end) see key blocks [0, K)
     tail_start = max(head_end, nb - K + K // 2)             # query blocks [tail_start, nb) see the last K
-    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     rows = lambda a, b: slice(a * block, b * block)
     out[:, :, rows(0, head_end)] = F.scaled_dot_product_attention(q[:, :, rows(0, head_end)], k[:, :, rows(0, K)],
                                                                   v[:, :, rows(0, K)])
