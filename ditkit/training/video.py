@@ -125,14 +125,15 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
 
     def losses(train_model, step: int, g: torch.Generator) -> dict:
         idx = batch_indices(t_cfg.seed, step, B, data.length) if data.length else torch.arange(step * B, (step + 1) * B)
-        x, y = (v.to(device) for v in data.get(idx[lo:lo + local_batch]))
-        noise = part(torch.randn((B, *x.shape[1:]), generator=g))
+        noise = part(torch.randn((B, m_cfg.in_channels, F, H, W), generator=g))
         if cfg.diffusion.objective == "ddpm":
             t = part(torch.randint(0, process.num_timesteps, (B,), generator=g))
         else:
             t = part(process.sample_t(B, g))
         drop = part(torch.rand(B, generator=g) < m_cfg.class_dropout_prob)
         mask = part(training_masks(B, F, H, W, cfg.masks, g))
+        labelled = {"labelled": ~drop} if isinstance(data, MovingMNIST) else {}    # no identity switch unlabelled
+        x, y = (v.to(device) for v in data.get(idx[lo:lo + local_batch], **labelled))
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
                                                                   "mask": mask}, loss_mask=mask.expand_as(x))
 
