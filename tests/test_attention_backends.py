@@ -154,6 +154,26 @@ def test_svg_applies_each_heads_mask():
     torch.testing.assert_close(out, torch.where(temporal[..., None, None], in_time, spatial), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", ["svg:block=32,rows=8", "svg:block=32,sparsity=0.5", "sta:tile=2x4x4",
+                                  "topk:tile=2x4x4"])
+def test_reported_density_counts_the_pairs_computed(spec, monkeypatch):
+    """``layout_density`` = query-key pairs of every SDPA call the kernel makes / (B h N^2); for SVG that includes
+    the profiling's exact rows and candidate bands."""
+    pairs = []
+    dense = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        pairs.append(q.shape[:-1].numel() * k.shape[-2])
+        return dense(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    method = Recipe(spec).methods[0]
+    q, k, v = qkv()
+    method.kernel(q, k, v, LAYOUT)
+    B, H, N, _ = q.shape
+    assert sum(pairs) == pytest.approx(method.layout_density(LAYOUT) * B * H * N * N, rel=1e-9)
+
+
 def test_linear_attention_matches_formula():
     q, k, v = qkv(N=64)
     qr, kr = q.relu(), k.relu()

@@ -101,10 +101,17 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     return out
 
 
-def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256) -> float:
+def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256, rows: int = 64) -> float:
+    """Fraction of query-key pairs one call computes: the band, plus (several frames) the profiling's exact rows over
+    all N keys and both candidate bands on those rows."""
     N = layout.num_tokens
-    nb = N // fit_block(N, block)
-    return max(1, round(density * nb)) / nb
+    block = fit_block(N, block)
+    nb = N // block
+    width = max(1, round(density * nb))
+    if layout.frames == 1:
+        return width / nb
+    r = min(rows, N)
+    return width / nb + (r * N + 2 * r * width * block) / N ** 2
 
 
 @register
@@ -130,7 +137,7 @@ class SparseVideoGen(AttentionMethod):
         return sparse_videogen(q, k, v, layout, self.sparsity, self.block, self.rows, self.generator)
 
     def layout_density(self, layout: TokenLayout) -> float:
-        return svg_density(layout, self.sparsity, self.block)
+        return svg_density(layout, self.sparsity, self.block, self.rows)
 
     def dense(self, layer: int, num_layers: int) -> bool:
         return dense_fraction(layer, num_layers, self.dense_layers) or \
