@@ -38,6 +38,8 @@ def test_moving_mnist_is_deterministic(moving):
     assert torch.equal(plain[kept], full[kept]) and not torch.equal(plain[~kept], full[~kept])
     switch = (labels != labels[:, :1]).int().argmax(dim=1)                    # frames before the switch agree
     assert all(torch.equal(plain[i, :, :switch[i]], full[i, :, :switch[i]]) for i in (~kept).nonzero().view(-1))
+    with pytest.raises(ValueError, match="3 flags for 5 clips"):
+        moving.get(range(5), labelled=[True, False, True])
 
 
 def test_moving_mnist_digits_move_and_splits_differ():

@@ -81,6 +81,8 @@ class MovingMNIST:
     def get(self, indices, labelled=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``labelled`` [N] bool (default all True): which clips' labels the model sees (see the module docstring)."""
         labelled = [True] * len(indices) if labelled is None else [bool(b) for b in labelled]
+        if len(labelled) != len(indices):
+            raise ValueError(f"labelled has {len(labelled)} flags for {len(indices)} clips; give one per index")
         clips = [self.clip(int(i), lab) for i, lab in zip(indices, labelled)]
         videos = torch.from_numpy(np.stack([c[0] for c in clips])).unsqueeze(1)
         return videos, torch.from_numpy(np.stack([c[1] for c in clips])).long()
