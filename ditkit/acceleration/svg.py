@@ -31,6 +31,13 @@ def fit_block(n: int, block: int) -> int:
     return max(d for d in range(1, min(block, n) + 1) if n % d == 0)
 
 
+def band_geometry(n: int, density: float, block: int) -> tuple[int, int, int]:
+    """(block size fitted to n, number of blocks, band width in blocks) of a band keeping ``density`` of n keys."""
+    block = fit_block(n, block)
+    nb = n // block
+    return block, nb, min(nb, max(1, round(density * nb)))
+
+
 def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor, kv_temporal=None):
     """Outputs of the sampled query ``rows`` [R] (frame-major positions) under exact attention, the spatial band and
     the temporal band, each [B, h, R, d]. A band output is attention over the query block's window of ``idx``
@@ -81,10 +88,8 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     output back (k, v in token-major order are shared with the profiling)."""
     B, H, N, D = q.shape
     layout = layout or TokenLayout(1, 1, N)
-    block = fit_block(N, block)
-    nb = N // block
-    idx = band_index(nb, max(1, round(density * nb)), q.device)
-    width = idx.shape[1]
+    block, nb, width = band_geometry(N, density, block)
+    idx = band_index(nb, width, q.device)
     if layout.frames == 1:                                   # one frame: the two masks coincide
         return band_attention(q, k, v, block, width)
     k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)
@@ -105,9 +110,7 @@ def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256, ro
     """Fraction of query-key pairs one call computes: the band, plus (several frames) the profiling's exact rows over
     all N keys and both candidate bands on those rows."""
     N = layout.num_tokens
-    block = fit_block(N, block)
-    nb = N // block
-    width = max(1, round(density * nb))
+    block, nb, width = band_geometry(N, density, block)
     if layout.frames == 1:
         return width / nb
     r = min(rows, N)
