@@ -56,7 +56,7 @@ def load_context(spec: str, pipe) -> torch.Tensor:
 def run(args):
     from .video_io import resize_frames, save_video
     from .video_pipeline import VideoPipeline, video_condition
-    pipe = VideoPipeline.from_pretrained(args.model, args.device)
+    pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
     F = args.num_frames or pipe.num_frames
     if F < 2:
         raise ValueError(f"--num-frames must be at least 2, got {F}")
@@ -119,5 +119,7 @@ def register(sub):
     g.add_argument("--frame-labels", type=int, nargs="+", help="one class per frame (story); 1 value = every frame")
     g.add_argument("--out", default="out/video.gif", help="output path; .gif, .mp4 and .png are written side by side")
     g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1, fora:interval=3+w8a8 or "
+                                    "taylorseer+topk (a .yaml file works too)")
     g.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling of the written frames")
     g.set_defaults(fn=run)

@@ -15,9 +15,10 @@ from . import checkpoint as ckpt
 from .acceleration.registry import Recipe
 from .build import build_process
 from .config import from_dict
+from .diffusion.flow import FlowMatching
 from .diffusion.gaussian import GaussianDiffusion
 from .diffusion.guidance import GuidedModel
-from .diffusion.samplers import NoiseSource, sample
+from .diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
 from .models.dit import DiT, DiTConfig
 from .models.video_dit import VideoDiT
 from .training.config import TrainConfig
@@ -71,22 +72,57 @@ def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu", hint: str
     return model.to(device).eval(), meta
 
 
-class DiTPipeline:
-    def __init__(self, model: DiT, process, autoencoder=None, metadata: dict | None = None):
+class Pipeline:
+    """What the image and video pipelines share: a model implementing the block-stack contract, its diffusion
+    process, the acceleration recipe applied to it, and one denoising core (:meth:`denoise`)."""
+
+    def __init__(self, model, process, autoencoder=None, metadata: dict | None = None):
         self.model, self.process, self.autoencoder = model, process, autoencoder
         self.metadata = metadata or {}
         self.recipe = Recipe()
 
-    def set_recipe(self, recipe=None) -> "DiTPipeline":
+    def set_recipe(self, recipe=None) -> "Pipeline":
         """Apply an acceleration recipe (string, dict, list or Recipe) to every later call; None removes it."""
         self.recipe.detach(self.model)
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
-        for method in self.recipe.methods:      # calibration on the float model's trajectories (quantization)
-            if hasattr(method, "prepare"):
-                method.prepare(self)
+        self.recipe.prepare(self)               # calibration on the float model's trajectories (quantization)
         self.recipe.attach(self.model)
         return self
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    @property
+    def default_sampler(self) -> str:
+        return FLOW_SAMPLERS[0] if isinstance(self.process, FlowMatching) else "ddim"
+
+    def denoise(self, model_fn, noise: NoiseSource, sample_shape: tuple[int, ...], num_sampling_steps: int,
+                sampler: str, eta: float = 0.0, progress: bool = False, step_callback=None,
+                clip_denoised: bool = False) -> torch.Tensor:
+        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)`` (already guided), with the recipe told
+        the generation, every step and every call's timestep."""
+        self.recipe.reset(num_sampling_steps)
+        return sample(model_fn, noise.randn(*sample_shape), self.process, sampler, num_sampling_steps, noise, eta=eta,
+                      progress=progress, step_callback=self._step_callback(step_callback), clip_denoised=clip_denoised,
+                      timestep_callback=self.recipe.set_timestep if self.recipe else None)
+
+    def _step_callback(self, user_callback):
+        if not self.recipe and user_callback is None:
+            return None
+
+        def callback(step: int, num_steps: int):
+            self.recipe.begin_step(step, num_steps)
+            if user_callback is not None:
+                user_callback(step, num_steps)
+        return callback
+
+
+class DiTPipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None,
                         model_name: str = "DiT-XL/2") -> "DiTPipeline":
@@ -109,13 +145,14 @@ class DiTPipeline:
             ae = Autoencoder(ae_path, device)
         return cls(model, process, ae, meta)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def num_classes(self) -> int:
-        return self.model.config.num_classes
+    def calibration_kwargs(self, num_samples: int, num_steps: int, seed: int) -> dict:
+        """Sampling arguments of a generic calibration run: random classes (from ``seed``), guidance 4 when the model
+        has a null class, the default sampler."""
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.num_classes, (num_samples,), generator=gen).tolist()
+        cfg = 4.0 if self.model.config.class_dropout_prob > 0 else 1.0
+        return dict(class_labels=labels, num_sampling_steps=num_steps, sampler=self.default_sampler, cfg_scale=cfg,
+                    seed=seed)
 
     @torch.no_grad()
     def __call__(self, class_labels: Sequence[int], num_sampling_steps: int = 50, sampler: str = "ddim",
@@ -141,23 +178,10 @@ class DiTPipeline:
             noise = NoiseSource(range(seed + start, seed + start + len(y)), self.device)
             guided = GuidedModel(self.model, y, self.num_classes, cfg_scale, self.process, guide_channels,
                                  guidance_interval, cfg_batched, self.recipe.begin_branch)
-            self.recipe.reset(num_sampling_steps)
-            x = sample(guided, noise.randn(C, H, W), self.process, sampler, num_sampling_steps, noise, eta=eta,
-                       progress=progress, step_callback=self._step_callback(step_callback),
-                       clip_denoised=self.autoencoder is None if clip_denoised is None else clip_denoised)
+            x = self.denoise(guided, noise, (C, H, W), num_sampling_steps, sampler, eta, progress, step_callback,
+                             self.autoencoder is None if clip_denoised is None else clip_denoised)
             outs.append(self.autoencoder.decode(x) if self.autoencoder is not None else x)
         return torch.cat(outs).clamp(-1, 1)
-
-    def _step_callback(self, user_callback):
-        if not self.recipe and user_callback is None:
-            return None
-
-        def callback(step: int, num_steps: int):
-            self.recipe.begin_step(step, num_steps)
-            if user_callback is not None:
-                user_callback(step, num_steps)
-        return callback
-
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
     """A bundled name or model file -> its pipeline: a VideoPipeline for a ditkit video DiT, else a DiTPipeline."""

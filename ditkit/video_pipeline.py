@@ -18,10 +18,9 @@ from .build import build_process
 from .config import from_dict
 from .diffusion.guidance import ContextGuidedModel, GuidedModel
 from .diffusion.masks import check_mask, given_frames, task_mask
-from .diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
-from .diffusion.flow import FlowMatching
+from .diffusion.samplers import NoiseSource
 from .models.video_dit import VideoDiT, VideoDiTConfig
-from .pipeline import DiTPipeline, load_ditkit_model, resolve_model_path
+from .pipeline import Pipeline, load_ditkit_model, resolve_model_path
 from .training.video import VideoTrainConfig
 
 
@@ -73,7 +72,7 @@ def video_condition(task: str, context: torch.Tensor | None, num_frames: int, fr
     return full, check_mask(mask)
 
 
-class VideoPipeline(DiTPipeline):
+class VideoPipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device="cpu") -> "VideoPipeline":
         model, meta = load_video_dit(name_or_path, device)
@@ -88,9 +87,10 @@ class VideoPipeline(DiTPipeline):
     def frame_shape(self) -> tuple[int, int, int]:
         return (self.model.in_channels, *self.model.config.image_hw)
 
-    @property
-    def default_sampler(self) -> str:
-        return FLOW_SAMPLERS[0] if isinstance(self.process, FlowMatching) else "ddim"
+    def calibration_kwargs(self, num_samples: int, num_steps: int, seed: int) -> dict:
+        """Sampling arguments of a generic calibration run: unconditional videos, the default sampler."""
+        return dict(num_videos=num_samples, num_sampling_steps=num_steps, sampler=self.default_sampler, cfg_scale=1.0,
+                    seed=seed)
 
     @torch.no_grad()
     def __call__(self, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -136,10 +136,8 @@ class VideoPipeline(DiTPipeline):
                 free_y = torch.full((len(y),), null, dtype=torch.long, device=y.device)   # nothing given: no mask
                 free = lambda x, t, free_y=free_y: self.model(x, t, free_y)
                 guided = ContextGuidedModel(guided, free, context_scale, self.recipe.begin_branch)
-            self.recipe.reset(num_sampling_steps)
-            x = sample(guided, noise.randn(C, F, H, W), self.process, sampler or self.default_sampler,
-                       num_sampling_steps, noise, eta=eta, progress=progress,
-                       step_callback=self._step_callback(step_callback))
+            x = self.denoise(guided, noise, (C, F, H, W), num_sampling_steps, sampler or self.default_sampler, eta,
+                             progress, step_callback)
             outs.append(torch.where(m.bool(), x.clamp(-1, 1), ctx).cpu())
         return torch.cat(outs)
 

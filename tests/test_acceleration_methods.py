@@ -31,6 +31,8 @@ def generate(pipe, spec, magfile, labels=LABELS, **kw):
     """Images, exact block count and the method's trace."""
     kw = {"num_sampling_steps": STEPS, "sampler": "ddim", "cfg_scale": 4.0, **kw}
     pipe.set_recipe(recipe(spec, magfile) if spec != "none" else None)
+    if pipe.recipe:
+        pipe.recipe.methods[0].trace = []                   # record the per-call decisions
     try:
         with BlockCounter(pipe.model) as counter:
             images = pipe(labels, **kw)
@@ -99,6 +101,7 @@ def test_adaptive_decisions_are_per_sample(pipe, spec):
     x, t, y = torch.randn(2, 1, 32, 32), torch.full((2,), 500), torch.tensor([1, 2])
     moved = x.clone()
     moved[1] += torch.randn(1, 32, 32)
+    recipe_.methods[0].trace = []
     with recipe_.applied(model):
         recipe_.reset(4)
         for step, inputs in enumerate((x, moved)):
@@ -179,7 +182,7 @@ def test_errors_list_valid_choices(pipe):
     with pytest.raises(ValueError, match="teacache cannot be combined with fora"):
         pipe.set_recipe("fora+teacache")
     pipe.set_recipe(None)
-    with pytest.raises(ValueError, match="needs a ditkit DiT"):
+    with pytest.raises(ValueError, match="Linear does not implement ditkit.s block-stack contract"):
         Recipe("fora").attach(torch.nn.Linear(2, 2))
 
 
@@ -192,8 +195,13 @@ def test_model_call_outside_a_generation_says_why(pipe):
 def test_detach_restores_the_model(pipe, magfile):
     ref, _, _ = generate(pipe, "none", magfile)
     generate(pipe, "teacache", magfile)
-    assert not {"run_blocks", "embed", "_ditkit_stack_owner"} & set(vars(pipe.model))
-    assert all("attn_branch" not in vars(b) for b in pipe.model.blocks)
+    before = {k: v for k, v in vars(pipe.model).items()}
+    pipe.set_recipe("toca+w8a8+sta:min_tokens=0")
+    pipe(LABELS, num_sampling_steps=3)
+    pipe.set_recipe(None)
+    assert vars(pipe.model) == before and all(a.backend is None and a.observer is None
+                                               for a in pipe.model.modules() if hasattr(a, "observer"))
+    assert all("branches" not in vars(b) for b in pipe.model.blocks)
     assert torch.equal(generate(pipe, "none", magfile)[0], ref)
 
 

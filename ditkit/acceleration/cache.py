@@ -1,14 +1,17 @@
 """What every feature-caching method shares: the hook on the block stack, per-generation state, per-sample skips.
 
-A :class:`CachingMethod` replaces ``model.run_blocks`` on the instance (and wraps ``model.embed`` to see the
-timestep of each call). Its state lives in ``self.states``, one entry per (branch, token shape, step count), created
-on first use and cleared by ``reset`` at every generation, so changing steps, resolution or batch between calls
-just works and the cond / uncond branches never share a cache. Rows of a batch never mix: in a batched CFG call
-("cond+uncond", first half conditional) every row keeps its own tensors and ``self.row_branch`` says which branch
-each row belongs to, so decisions are per sample and identical to generating the samples one at a time.
+A :class:`CachingMethod` takes the ``stack`` hook point (``model.run_stack``) of any model implementing the
+block-stack contract (:mod:`ditkit.models.stack`) and runs, skips, reuses or forecasts its blocks and branches. Its
+state lives in ``self.states``, one entry per (branch, token shape, step count), created on first use and cleared by
+``reset`` at every generation, so changing steps, resolution or batch between calls just works and the cond / uncond
+branches never share a cache. Rows of a batch never mix: in a batched CFG call ("cond+uncond", first half
+conditional) every row keeps its own tensors and ``self.row_branch`` says which branch each row belongs to, so
+decisions are per sample and identical to generating the samples one at a time. State is created on the device and
+dtype of the tokens; schedule decisions use the host step index and timestep (``set_timestep``).
 
-``self.trace`` records, for every network call, ``(step, branch, computed)`` with ``computed`` a per-row list of
-bools (whole-stack methods) or one bool (schedule-driven methods): the skip pattern tests and the bench read it.
+Setting ``method.trace = []`` records, for every network call, ``(step, branch, computed)`` with ``computed`` a
+per-row list of bools (whole-stack methods) or one bool (schedule-driven methods); off (None) by default, since a
+per-row record costs a device-to-host copy per call.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from typing import Any
 
 import torch
 
-from .registry import Method
+from ..hooks.method import Method
+from ..hooks.points import HookPoints
+from ..models.stack import check_stack, run_blocks
 
 BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond"),
                "free": ("free",)}                       # video context guidance's nothing-given call
@@ -31,48 +36,33 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class CachingMethod(Method):
-    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c [N, D])``."""
+    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``."""
 
     def __post_init__(self):
-        self.model = None
+        self.model, self.trace = None, None
         self.reset(0)
 
     # --- life cycle -------------------------------------------------------------------------------------------
     def attach(self, model) -> None:
-        if not all(hasattr(model, a) for a in ("blocks", "embed", "run_blocks", "layout")) or \
-                not all(hasattr(b, "attn_branch") for b in getattr(model, "blocks", [])):
-            raise ValueError(f"{self.name} needs a ditkit DiT (embed / run_blocks / blocks of DiTBlock with "
-                             f"attn_branch and mlp_branch); got {type(model).__name__}")
-        owner = model.__dict__.get("_ditkit_stack_owner")
-        if owner is not None:
-            raise ValueError(f"{self.name} cannot be combined with {owner}: both replace the transformer block stack "
-                             f"(use one caching method per recipe)")
+        check_stack(model)
+        HookPoints.of(model).set("stack", self, model, "run_stack", self._run_stack)
         self.model = model
-        self._saved = {k: model.__dict__.get(k) for k in ("embed", "run_blocks", "_ditkit_stack_owner")}
-        embed = model.embed
-
-        def embed_and_record_t(x, t, *args, **kwargs):
-            self.t = t
-            return embed(x, t, *args, **kwargs)
-        model.embed, model.run_blocks, model._ditkit_stack_owner = embed_and_record_t, self._run_blocks, self.name
 
     def detach(self, model) -> None:
-        if self.model is not model:
-            return
-        for k, v in self._saved.items():
-            if v is None:
-                model.__dict__.pop(k, None)
-            else:
-                model.__dict__[k] = v
-        self.model = None
+        super().detach(model)
+        if self.model is model:
+            self.model = None
 
     def reset(self, num_steps: int) -> None:
         self.num_steps, self.step, self.branch, self.t = num_steps, None, "cond", None
         self.states: dict[tuple, Any] = {}
-        self.trace: list[tuple[int, str, Any]] = []
+        self.trace = None if self.trace is None else []
 
     def begin_step(self, step: int, num_steps: int) -> None:
         self.step, self.num_steps = step, num_steps
+
+    def set_timestep(self, t: float) -> None:
+        self.t = float(t)
 
     def begin_branch(self, branch: str) -> None:
         if branch not in BRANCH_ROWS:
@@ -80,15 +70,17 @@ class CachingMethod(Method):
         self.branch = branch
 
     # --- the hook ---------------------------------------------------------------------------------------------
-    def _run_blocks(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _run_stack(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.step is None:
-            raise RuntimeError(f"{self.name} needs the sampler's step index: generate through DiTPipeline, or call "
-                               f"recipe.reset(num_steps) and recipe.begin_step(i, num_steps) around model calls")
+            raise RuntimeError(f"{self.name} needs the sampler's step index: generate through a pipeline, or call "
+                               f"recipe.reset(num_steps), recipe.begin_step(i, num_steps) and recipe.set_timestep(t) "
+                               f"around model calls")
         names = BRANCH_ROWS[self.branch]
         if tokens.shape[0] % len(names):
             raise ValueError(f"a {self.branch!r} call needs an even batch (first half cond), got {tokens.shape[0]}")
         per = tokens.shape[0] // len(names)
         self.row_branch = [n for n in names for _ in range(per)]
+        self.layout = self.model.token_layout(tokens.shape[1])
         key = (self.branch, tuple(tokens.shape), self.num_steps)
         if key not in self.states:
             self.states[key] = self.new_state()
@@ -102,20 +94,28 @@ class CachingMethod(Method):
         raise NotImplementedError
 
     # --- helpers for subclasses -------------------------------------------------------------------------------
+    def timestep(self) -> float:
+        """The host network timestep of the current call."""
+        if self.t is None:
+            raise RuntimeError(f"{self.name} needs the network timestep of each call: generate through a pipeline, "
+                               f"or call recipe.set_timestep(t) before each model call")
+        return self.t
+
+    def record(self, computed) -> None:
+        if self.trace is not None:
+            self.trace.append((self.step, self.branch, computed.tolist() if torch.is_tensor(computed) else computed))
+
     def run(self, tokens: torch.Tensor, c: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Blocks [start, stop) of the stack, computed normally."""
-        layout = self.model.layout
-        for block in self.model.blocks[start:stop]:
-            tokens = block(tokens, c, layout)
-        return tokens
+        return run_blocks(self.model.stack_blocks[start:stop], tokens, c, self.layout)
 
     def run_rows(self, state, tokens: torch.Tensor, c: torch.Tensor, compute: torch.Tensor, start: int = 0):
         """Whole-stack residual skip, per sample: rows where ``compute`` [N] is True run blocks [start, L) and
         refresh ``state.residual``; the others return tokens + their cached residual. Rows without a residual yet
-        are computed."""
+        are computed. Deciding which rows to run needs the decisions on the host: one sync per call."""
         if state.residual is None:
             compute = torch.ones_like(compute)
-        self.trace.append((self.step, self.branch, compute.tolist()))
+        self.record(compute)
         if bool(compute.all()):
             out = self.run(tokens, c, start)
             state.residual = out - tokens
@@ -127,4 +127,3 @@ class CachingMethod(Method):
             out[idx] = fresh
             state.residual[idx] = fresh - tokens[idx]
         return out
-

@@ -20,7 +20,6 @@ from .registry import register
 @dataclasses.dataclass
 class DeltaDiT(CachingMethod):
     name: ClassVar[str] = "delta_dit"
-    bench_settings: ClassVar[tuple[str, ...]] = ("delta_dit", "delta_dit:interval=5,span=0.75")
     interval: int = 3
     span: float = 0.5
     switch: float = 0.5
@@ -35,13 +34,13 @@ class DeltaDiT(CachingMethod):
         return SimpleNamespace(delta=None, early=None)
 
     def forward(self, state, tokens, c):
-        depth, boundary = len(self.model.blocks), math.ceil(self.switch * self.num_steps)
+        depth, boundary = len(self.model.stack_blocks), math.ceil(self.switch * self.num_steps)
         k = max(1, round(self.span * depth))
         early = self.step < boundary
         a, b = (depth - k, depth) if early else (0, k)
         since = self.step if early else self.step - boundary
         full = state.delta is None or state.early != early or since % self.interval == 0
-        self.trace.append((self.step, self.branch, full))
+        self.record(full)
         h = self.run(tokens, c, 0, a)
         if full:
             out = self.run(h, c, a, b)

@@ -20,7 +20,6 @@ from .registry import register
 @dataclasses.dataclass
 class FirstBlockCache(CachingMethod):
     name: ClassVar[str] = "firstblockcache"
-    bench_settings: ClassVar[tuple[str, ...]] = ("firstblockcache", "firstblockcache:threshold=0.2")
     threshold: float = 0.08
 
     def new_state(self):
@@ -30,9 +29,9 @@ class FirstBlockCache(CachingMethod):
         h1 = self.run(tokens, c, 0, 1)
         r = h1 - tokens
         if state.first is None:
-            compute = torch.ones(tokens.shape[0], dtype=torch.bool)
+            compute = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
             state.first = r
         else:
             compute = rel_l1(r, state.first) >= self.threshold
-            state.first = torch.where(compute.view(-1, 1, 1), r, state.first)
+            state.first = torch.where(compute.view(-1, *[1] * (r.dim() - 1)), r, state.first)
         return self.run_rows(state, h1, c, compute, start=1)

@@ -17,7 +17,6 @@ from .registry import register
 @dataclasses.dataclass
 class FORA(ModuleCacheMethod):
     name: ClassVar[str] = "fora"
-    bench_settings: ClassVar[tuple[str, ...]] = ("fora", "fora:interval=6")
     interval: int = 3
 
     def __post_init__(self):

@@ -25,7 +25,6 @@ from .registry import register
 @dataclasses.dataclass
 class MagCache(CachingMethod):
     name: ClassVar[str] = "magcache"
-    bench_settings: ClassVar[tuple[str, ...]] = ("magcache", "magcache:threshold=0.3,max_skips=6,retention=0.1")
     threshold: float = 0.12
     max_skips: int = 2
     retention: float = 0.2
@@ -42,22 +41,21 @@ class MagCache(CachingMethod):
     def new_state(self):
         return SimpleNamespace(residual=None, mag=None, gamma=None, skips=None, err=None)
 
-    def _magnitude(self) -> torch.Tensor:
-        """Calibrated residual magnitude at this call's timestep, per row [N]."""
-        out = []
-        for branch, t in zip(self.row_branch, self.t.tolist()):
+    def _magnitude(self, device) -> torch.Tensor:
+        """Calibrated residual magnitude at this call's (host) timestep, per row [N], on ``device``."""
+        t, out = self.timestep(), {}
+        for branch in dict.fromkeys(self.row_branch):
             if branch not in self.curves:
                 raise ValueError(f"magcache: the calibration file {self.ratios} has no {branch!r} curve "
                                  f"(has {sorted(self.curves)}): calibrate with the CFG setting you sample with")
-            ts, ms = self.curves[branch]
-            out.append(float(np.interp(t, ts, ms)))
-        return torch.tensor(out)
+            out[branch] = float(np.interp(t, *self.curves[branch]))
+        return torch.tensor([out[b] for b in self.row_branch], device=device)
 
     def forward(self, state, tokens, c):
-        mag, n = self._magnitude(), tokens.shape[0]
+        mag, n, device = self._magnitude(tokens.device), tokens.shape[0], tokens.device
         if state.mag is None or self.step < int(self.retention * self.num_steps + 0.5):
-            compute = torch.ones(n, dtype=torch.bool)
-            gamma, skips, err = torch.ones(n), torch.zeros(n), torch.zeros(n)
+            compute = torch.ones(n, dtype=torch.bool, device=device)
+            gamma, skips, err = (torch.full((n,), v, device=device) for v in (1.0, 0.0, 0.0))
         else:
             gamma = state.gamma * mag / state.mag
             skips = state.skips + 1

@@ -21,7 +21,6 @@ from .registry import register
 @dataclasses.dataclass
 class W8A8(QuantMethod):
     name: ClassVar[str] = "w8a8"
-    bench_settings: ClassVar[tuple[str, ...]] = ("w8a8", "w8a8:act=tensor")
     smooth: float | None = None     # SmoothQuant migration strength alpha in [0, 1]; None = no balancing
     act: str = "token"              # dynamic activation scale per 'token' or per 'tensor' (per call)
     weight_bits: int = 8

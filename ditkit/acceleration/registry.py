@@ -1,110 +1,15 @@
-"""Recipes: acceleration methods applied to a model as hooks, composable with '+'.
-
-A method is a dataclass subclass of :class:`Method` whose fields are its parameters (paper defaults), registered
-under a name with :func:`register`. A recipe is written as a string (``"teacache:threshold=0.1+w8a8"``), a dict
-(``{"teacache": {"threshold": 0.1}}``), a list of ``{"name": ..., **params}`` dicts, or a .yaml file holding
-either. The life cycle, driven by :class:`ditkit.pipeline.DiTPipeline`:
-
-    attach(model)             once: install hooks / swap modules / set attention backends
-    reset(num_steps)          at the start of every generation (state never leaks between calls)
-    begin_step(i, num_steps)  before the model evaluations of sampler step i
-    begin_branch(branch)      before each network call: "cond", "uncond" (separate CFG calls) or "cond+uncond"
-                              (one batched call whose first half is conditional); "cond" also without guidance;
-                              "free" for video context guidance's extra call (nothing given, null label)
-    detach(model)             restore the model exactly
-"""
+"""Recipes: registered acceleration methods applied together, composable with '+' (see :mod:`ditkit.hooks.method`
+for the method life cycle and the recipe syntax). Importing this module registers the built-in methods."""
 from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
-from pathlib import Path
-from typing import ClassVar
 
-import yaml
-
-REGISTRY: dict[str, type["Method"]] = {}
-
-
-@dataclasses.dataclass
-class Method:
-    name: ClassVar[str] = ""
-
-    def attach(self, model) -> None:
-        pass
-
-    def detach(self, model) -> None:
-        pass
-
-    def reset(self, num_steps: int) -> None:
-        pass
-
-    def begin_step(self, step: int, num_steps: int) -> None:
-        pass
-
-    def begin_branch(self, branch: str) -> None:
-        pass
-
-    def spec(self) -> str:
-        """This method as a recipe string with only the non-default parameters."""
-        params = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                  if getattr(self, f.name) != (f.default if f.default is not dataclasses.MISSING else f.default_factory())]
-        return self.name + (":" + ",".join(params) if params else "")
-
-
-def register(cls: type[Method]) -> type[Method]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a class attribute 'name'")
-    REGISTRY[cls.name] = cls
-    return cls
+from ..hooks.method import REGISTRY, Method, parse_recipe, register  # noqa: F401  (re-exported)
 
 
 def _valid_methods() -> str:
     return ", ".join(sorted(REGISTRY)) or "none registered"
-
-
-def _value(text: str):
-    """YAML scalar, plus numbers YAML 1.1 reads as strings ('1e9')."""
-    v = yaml.safe_load(text)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            pass
-    return v
-
-
-def parse_recipe(spec) -> list[tuple[str, dict]]:
-    """String / dict / list / path of a YAML file holding a dict or list -> [(method name, params)].
-    ``None``, '' and 'none' are the empty recipe."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
-        return []
-    if isinstance(spec, str) and spec.strip().endswith((".yaml", ".yml")):
-        return parse_recipe(yaml.safe_load(Path(spec.strip()).read_text()))
-    if isinstance(spec, dict):
-        return [(name, dict(params or {})) for name, params in spec.items()]
-    if isinstance(spec, (list, tuple)):
-        out = []
-        for item in spec:
-            if isinstance(item, str):
-                out += parse_recipe(item)
-            elif isinstance(item, dict) and "name" in item:
-                out.append((item["name"], {k: v for k, v in item.items() if k != "name"}))
-            else:
-                raise ValueError(f"recipe entry {item!r} must be a string or a dict with a 'name' key")
-        return out
-    if not isinstance(spec, str):
-        raise ValueError(f"a recipe is a string, dict or list, got {type(spec).__name__}")
-    out = []
-    for part in spec.split("+"):
-        name, _, args = part.strip().partition(":")
-        params = {}
-        for kv in filter(None, (a.strip() for a in args.split(","))):
-            if "=" not in kv:
-                raise ValueError(f"recipe parameter {kv!r} in {part!r} must look like key=value")
-            k, v = kv.split("=", 1)
-            params[k.strip()] = _value(v)
-        out.append((name.strip(), params))
-    return out
 
 
 def build_method(name: str, params: dict) -> Method:
@@ -135,13 +40,17 @@ class Recipe:
     def __str__(self) -> str:
         return "+".join(m.spec() for m in self.methods) or "none"
 
+    def prepare(self, pipe):
+        for m in self.methods:
+            m.prepare(pipe)
+
     def attach(self, model):
-        """Attach every method in order; if one cannot apply, the ones already attached are detached again."""
+        """Attach every method in order; if one cannot apply, it and the ones already attached are detached again."""
         for i, m in enumerate(self.methods):
             try:
                 m.attach(model)
             except Exception:
-                for done in reversed(self.methods[:i]):
+                for done in reversed(self.methods[:i + 1]):
                     done.detach(model)
                 raise
 
@@ -156,6 +65,10 @@ class Recipe:
     def begin_step(self, step: int, num_steps: int):
         for m in self.methods:
             m.begin_step(step, num_steps)
+
+    def set_timestep(self, t: float):
+        for m in self.methods:
+            m.set_timestep(t)
 
     def begin_branch(self, branch: str):
         for m in self.methods:

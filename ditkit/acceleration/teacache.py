@@ -1,7 +1,8 @@
 """TeaCache (Liu et al., CVPR 2025; ali-vilab/TeaCache): skip the whole block stack while the accumulated,
 polynomial-rescaled change of the timestep-modulated input stays under a threshold, reusing the cached residual.
 
-Indicator u = LN(h) * (1 + scale_msa) + shift_msa of block 0 (FLUX / HunyuanVideo style). Per network call:
+Indicator u = LN(h) * (1 + scale_msa) + shift_msa of block 0 (FLUX / HunyuanVideo style): the prepared input of
+block 0's first modulated branch (its first branch if none is modulated). Per network call:
 r = rel_l1(u, u_prev); acc += P(r); skip (h + R_cached) if acc < threshold, else compute, cache R and set acc = 0.
 The first and last steps always compute; u_prev is refreshed on every call. P is the degree-4 polynomial fitted by
 ``ditkit calibrate --method teacache`` (pass the file as ``coefficients=FILE``; a dict recipe may give the five
@@ -15,18 +16,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..models.dit import modulate
+from ..models.attention import TokenLayout
 from .cache import CachingMethod, rel_l1
 from .registry import register
 
 IDENTITY = (0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def indicator(model, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Block 0's modulated attention input, [N, T, D]."""
-    block = model.blocks[0]
-    shift, scale = block.modulation(c)[:2]
-    return modulate(block.norm1(tokens), shift, scale)
+def indicator(model, tokens: torch.Tensor, c: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Block 0's first modulated branch input, [N, T, D]."""
+    branches = model.stack_blocks[0].branches(c, layout)
+    return next((b for b in branches if b.gate is not None), branches[0]).prepare(tokens)
 
 
 def polyval(coefficients, r: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,6 @@ def polyval(coefficients, r: torch.Tensor) -> torch.Tensor:
 @dataclasses.dataclass
 class TeaCache(CachingMethod):
     name: ClassVar[str] = "teacache"
-    bench_settings: ClassVar[tuple[str, ...]] = ("teacache", "teacache:threshold=0.06")
     threshold: float = 0.1
     coefficients: Any = None
 
@@ -59,10 +58,11 @@ class TeaCache(CachingMethod):
         return SimpleNamespace(residual=None, prev=None, acc=None)
 
     def forward(self, state, tokens, c):
-        u = indicator(self.model, tokens, c)
+        u = indicator(self.model, tokens, c, self.layout)
         n = tokens.shape[0]
         if state.prev is None or self.step in (0, self.num_steps - 1):
-            compute, acc = torch.ones(n, dtype=torch.bool), torch.zeros(n)
+            compute = torch.ones(n, dtype=torch.bool, device=tokens.device)
+            acc = torch.zeros(n, device=tokens.device)
         else:
             acc = state.acc + polyval(self.poly, rel_l1(u, state.prev).float())
             compute = acc >= self.threshold

@@ -5,7 +5,8 @@ CFG branch). Subclasses implement ``kernel`` (the efficient attention), ``layout
 
 Selections are recipe strings: ``layers="all"`` / ``"2-5"`` / ``"0;3;7"`` (``;`` because ``,`` separates
 parameters), the same for ``heads``. Heads outside the selection keep the backend they had (dense by default), so
-two methods can split one layer's heads: ``sta:heads=0-1+svg:heads=2``. Calls shorter than ``min_tokens`` stay
+two methods can split one layer's heads: ``sta:heads=0-1+svg:heads=2`` (each head of a layer is a hook point,
+:class:`~ditkit.hooks.points.HookPoints`). Calls shorter than ``min_tokens`` stay
 dense (sparse attention does not pay off there, e.g. a video DiT's 8-token temporal attention).
 """
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..acceleration.registry import Method
-from ..models.attention import Attention, HeadSplit, LinearAttention, TokenLayout, sdpa
+from ..hooks.method import Method
+from ..hooks.points import HookPoints
+from ..models.attention import Attention, LinearAttention, TokenLayout, sdpa
 
 
 def parse_indices(spec, n: int) -> list[int]:
@@ -72,7 +74,6 @@ class AttentionMethod(Method):
     min_tokens: int = 1024
 
     def __post_init__(self):
-        self._saved: list[tuple[Attention, object]] = []
         self.step, self.num_steps, self.branch = 0, 1, "cond"
 
     def kernel(self, q, k, v, layout: TokenLayout | None):
@@ -104,18 +105,10 @@ class AttentionMethod(Method):
             raise ValueError(f"{self.name}: this model's attention calls have at most {longest} tokens, fewer than "
                              f"min_tokens={self.min_tokens}, so every call would stay dense; sample a larger canvas or "
                              f"more frames, or lower min_tokens")
+        points = HookPoints.of(model)
         for i in parse_indices(self.layers, len(attns)):
             a = attns[i]
-            mine = parse_indices(self.heads, a.num_heads)
-            rest = [h for h in range(a.num_heads) if h not in mine]
-            fn = self.make_backend(i, len(attns))
-            self._saved.append((a, a.backend))
-            a.backend = HeadSplit([(mine, fn), (rest, a.backend)]) if rest else fn
-
-    def detach(self, model) -> None:
-        for a, previous in reversed(self._saved):
-            a.backend = previous
-        self._saved = []
+            points.set_backend(i, a, self, parse_indices(self.heads, a.num_heads), self.make_backend(i, len(attns)))
 
     def reset(self, num_steps: int) -> None:
         self.step, self.num_steps = 0, num_steps

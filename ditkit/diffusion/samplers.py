@@ -52,14 +52,23 @@ def default_timesteps(sampler: str, num_steps: int, num_train_timesteps: int = 1
 
 def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps: int, noise: NoiseSource | None = None,
            eta: float = 0.0, timesteps: Sequence[int] | None = None, progress: bool = False,
-           step_callback: Callable[[int, int], None] | None = None, clip_denoised: bool = False) -> torch.Tensor:
+           step_callback: Callable[[int, int], None] | None = None, clip_denoised: bool = False,
+           timestep_callback: Callable[[float], None] | None = None) -> torch.Tensor:
     """Run ``sampler`` for ``num_steps`` steps from noise ``x``; returns the final sample (same shape as x).
 
     ``clip_denoised`` clamps each data prediction to [-1, 1] (ADM's choice for pixel-space models; latent models such
     as DiT's leave it off). It applies to the DDPM samplers; flow samplers ignore it.
 
-    ``step_callback(i, num_steps)`` is called before the model evaluations of step i (used by caches).
+    ``step_callback(i, num_steps)`` is called before the model evaluations of step i, and
+    ``timestep_callback(t)`` before every call of ``model_fn`` with its network timestep as a host number (recipes
+    decide from it without reading the device tensor).
     """
+    def net(x: torch.Tensor, value: float, dtype=None) -> torch.Tensor:
+        """model_fn at network timestep ``value`` for every row."""
+        if timestep_callback is not None:
+            timestep_callback(value)
+        return model_fn(x, torch.full((x.shape[0],), value, device=x.device, dtype=dtype))
+
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if isinstance(process, FlowMatching):
@@ -67,7 +76,7 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
             raise ValueError(f"sampler {sampler!r} does not apply to a flow-matching model; use one of {FLOW_SAMPLERS}")
         if sampler == "ddim" and eta != 0:
             raise ValueError("a flow-matching model samples DDIM deterministically only: use eta=0")
-        return _flow_ode(model_fn, x, process, num_steps, heun=sampler == "heun", progress=progress, cb=step_callback)
+        return _flow_ode(net, x, process, num_steps, heun=sampler == "heun", progress=progress, cb=step_callback)
     if sampler not in GAUSSIAN_SAMPLERS:
         raise ValueError(f"sampler {sampler!r} does not apply to a DDPM model; use one of {GAUSSIAN_SAMPLERS}")
     if timesteps is None:
@@ -79,31 +88,31 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
                          f"{len(timesteps)}: {timesteps[:3]} ... {timesteps[-3:]}; use fewer steps, or descending "
                          f"timesteps without repeats")
     if sampler == "dpm++2m":
-        return _dpm_solver_pp_2m(model_fn, x, process, timesteps, clip_denoised, progress, step_callback)
+        return _dpm_solver_pp_2m(net, x, process, timesteps, clip_denoised, progress, step_callback)
     respaced = process.respace(sorted(timesteps))
     if sampler == "ddpm":
-        return _ddpm(model_fn, x, respaced, noise, clip_denoised, progress, step_callback)
-    return _ddim(model_fn, x, respaced, noise, eta, clip_denoised, progress, step_callback)
+        return _ddpm(net, x, respaced, noise, clip_denoised, progress, step_callback)
+    return _ddim(net, x, respaced, noise, eta, clip_denoised, progress, step_callback)
 
 
-def _ddpm(model_fn, x, proc: GaussianDiffusion, noise, clip, progress, cb):
+def _ddpm(net, x, proc: GaussianDiffusion, noise, clip, progress, cb):
     n = proc.num_timesteps
     for i, k in enumerate(_progress(range(n - 1, -1, -1), progress, "ddpm")):
         if cb:
             cb(i, n)
         kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        out = model_fn(x, torch.full_like(kk, int(proc.timestep_map[k])))
+        out = net(x, int(proc.timestep_map[k]), torch.long)
         mean, log_var, _, _ = proc.p_mean_variance(out, x, kk, clip_denoised=clip)
         x = mean if k == 0 else mean + torch.exp(0.5 * log_var) * noise.randn(*x.shape[1:])
     return x
 
 
-def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, clip, progress, cb):
+def _ddim(net, x, proc: GaussianDiffusion, noise, eta, clip, progress, cb):
     n = proc.num_timesteps
     for i, k in enumerate(_progress(range(n - 1, -1, -1), progress, "ddim")):
         if cb:
             cb(i, n)
-        out = model_fn(x, torch.full((x.shape[0],), int(proc.timestep_map[k]), device=x.device, dtype=torch.long))
+        out = net(x, int(proc.timestep_map[k]), torch.long)
         eps = out[:, :x.shape[1]]
         abar, abar_prev = float(proc.alphas_cumprod[k]), float(proc.alphas_cumprod_prev[k])
         x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
@@ -117,7 +126,7 @@ def _ddim(model_fn, x, proc: GaussianDiffusion, noise, eta, clip, progress, cb):
     return x
 
 
-def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, clip, progress, cb):
+def _dpm_solver_pp_2m(net, x, proc: GaussianDiffusion, timesteps, clip, progress, cb):
     """DPM-Solver++(2M) on the VP schedule; the last step jumps to sigma = 0 (returns the data prediction)."""
     abar = proc.alphas_cumprod
     alpha = lambda t: math.sqrt(abar[t])
@@ -129,7 +138,7 @@ def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, clip, pro
         if cb:
             cb(i, n)
         t = timesteps[i]
-        eps = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))[:, :x.shape[1]]
+        eps = net(x, t, torch.long)[:, :x.shape[1]]
         x0 = (x - sigma(t) * eps) / alpha(t)
         if clip:
             x0 = x0.clamp(-1, 1)
@@ -147,10 +156,10 @@ def _dpm_solver_pp_2m(model_fn, x, proc: GaussianDiffusion, timesteps, clip, pro
     return x
 
 
-def _flow_ode(model_fn, x, proc: FlowMatching, num_steps, heun, progress, cb):
+def _flow_ode(net, x, proc: FlowMatching, num_steps, heun, progress, cb):
     ts = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64).tolist()
     scale = proc.timestep_scale
-    vel = lambda x, t: model_fn(x, torch.full((x.shape[0],), t * scale, device=x.device))[:, :x.shape[1]]
+    vel = lambda x, t: net(x, t * scale)[:, :x.shape[1]]
     for i in _progress(range(num_steps), progress, "heun" if heun else "euler"):
         if cb:
             cb(i, num_steps)

@@ -57,6 +57,7 @@ class HeadSplit:
 
     def __init__(self, groups: Sequence[tuple[Sequence[int], Backend | None]]):
         self.groups = [(torch.as_tensor(list(h), dtype=torch.long), fn) for h, fn in groups if len(h)]
+        self._device_heads: dict = {}
         heads = torch.cat([h for h, _ in self.groups]).sort().values
         if not torch.equal(heads, torch.arange(len(heads))):
             raise ValueError(f"HeadSplit groups must cover heads 0..H-1 exactly once, got {heads.tolist()}")
@@ -66,15 +67,24 @@ class HeadSplit:
             return (self.groups[0][1] or sdpa)(q, k, v, layout)
         out = torch.empty_like(q)
         for heads, fn in self.groups:
+            heads = self._on(heads, q.device)
             sel = lambda t: t.index_select(1, heads)
             out[:, heads] = (fn or sdpa)(sel(q), sel(k), sel(v), layout)
         return out
+
+    def _on(self, heads: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The head indices on ``device``, copied once per device."""
+        key = (id(heads), device)
+        if key not in self._device_heads:
+            self._device_heads[key] = heads.to(device)
+        return self._device_heads[key]
 
 
 class Attention(torch.nn.Module):
     """Multi-head self-attention with one fused qkv projection (timm layout: keys ``qkv`` and ``proj``).
 
-    ``backend`` is None for dense SDPA; acceleration recipes set it on individual layers.
+    ``backend`` is None for dense SDPA; acceleration recipes set it on individual layers. ``observer(q, k)``, if
+    set, sees the queries and keys of every call (ToCa's attention scores).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
@@ -86,13 +96,18 @@ class Attention(torch.nn.Module):
         self.qkv = torch.nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = torch.nn.Linear(dim, dim)
         self.backend = None
+        self.observer = None
 
     def qkv_heads(self, x: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, N, D] -> q, k, v, each [B, heads, N, head_dim]; ``rope`` (optional): a rotary position embedding,
         a callable applied to q and k."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        return (rope(q), rope(k), v) if rope is not None else (q, k, v)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        if self.observer is not None:
+            self.observer(q, k)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
         B, N, D = x.shape

@@ -13,11 +13,7 @@ import torch
 import torch.nn as nn
 
 from .attention import Attention, LinearAttention, TokenLayout
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [N, T, D]; shift, scale [N, D] broadcast over tokens."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+from .stack import Branch, modulate, run_blocks
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
@@ -73,7 +69,7 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block. The attention and MLP branches are separate methods so caches can reuse their outputs."""
+    """adaLN-Zero block: an attention and an MLP branch, each modulated and gated by the conditioning."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -84,20 +80,20 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """c [N, D] -> (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each [N, D]."""
-        return self.adaLN_modulation(c).chunk(6, dim=1)
+        """c [N, D] or [N, G, D] -> (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), same shape."""
+        return self.adaLN_modulation(c).chunk(6, dim=-1)
 
-    def attn_branch(self, x, shift, scale, layout=None):
-        return self.attn(modulate(self.norm1(x), shift, scale), layout)
-
-    def mlp_branch(self, x, shift, scale):
-        return self.mlp(modulate(self.norm2(x), shift, scale))
+    def branches(self, c: torch.Tensor, layout: TokenLayout, attend=None, axis: str = "all") -> list[Branch]:
+        """The attention and MLP branches for conditioning c. ``attend(attn, h)`` runs the attention module on
+        h [N, T, D] (default: one call over all T tokens of ``layout``); ``axis`` says which tokens a call sees."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        attend = attend or (lambda attn, h: attn(h, layout))
+        return [Branch("attn", lambda x: modulate(self.norm1(x), shift_msa, scale_msa),
+                       lambda h: attend(self.attn, h), gate_msa, self.attn, axis),
+                Branch("mlp", lambda x: modulate(self.norm2(x), shift_mlp, scale_mlp), self.mlp, gate_mlp)]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
-        x = x + gate_msa.unsqueeze(1) * self.attn_branch(x, shift_msa, scale_msa, layout)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp_branch(x, shift_mlp, scale_mlp)
-        return x
+        return run_blocks([self], x, c, layout)
 
 
 class FinalLayer(nn.Module):
@@ -221,7 +217,10 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @property
-    def layout(self) -> TokenLayout:
+    def stack_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def token_layout(self, num_tokens: int) -> TokenLayout:
         return TokenLayout(1, *self.grid)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,11 +242,9 @@ class DiT(nn.Module):
             y = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
         return tokens, c + self.y_embedder(y, force_drop_ids)
 
-    def run_blocks(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The transformer stack; caching methods replace this on an instance."""
-        for block in self.blocks:
-            tokens = block(tokens, c, self.layout)
-        return tokens
+    def run_stack(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""
+        return run_blocks(self.blocks, tokens, c, self.token_layout(tokens.shape[1]))
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.unpatchify(self.final_layer(tokens, c))
@@ -256,7 +253,7 @@ class DiT(nn.Module):
                 force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, C, H, W], t [N] (integer DDPM steps or flow time), y [N] class ids -> [N, C_out, H, W]."""
         tokens, c = self.embed(x, t, y, force_drop_ids)
-        return self.head(self.run_blocks(tokens, c), c)
+        return self.head(self.run_stack(tokens, c), c)
 
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16),

@@ -1,7 +1,8 @@
 """Video DiT: DiT's embedders, adaLN-Zero blocks and final layer applied to videos [N, C, F, H, W].
 
 Shapes: F frames (F' = F / tubelet token frames), h x w = (H/p) x (W/p) token grid, S = h*w tokens per frame,
-hidden states [N, F', S, D], conditioning c [N, F', D] (timestep + label, per frame when labels are per frame).
+T = F'*S tokens frame-major, hidden states [N, T, D], conditioning c [N, F', D] (timestep + label, per frame when
+labels are per frame): the block-stack contract of :mod:`ditkit.models.stack`, so every acceleration applies.
 
 Attention layouts (``layout``), every attention call going through :class:`~ditkit.models.attention.Attention`:
 
@@ -25,8 +26,9 @@ import torch
 import torch.nn as nn
 
 from .attention import Attention, TokenLayout
-from .dit import DiT, DiTBlock, DiTConfig, FinalLayer, LabelEmbedder, TimestepEmbedder, dit_config, modulate
+from .dit import DiT, DiTBlock, DiTConfig, FinalLayer, LabelEmbedder, TimestepEmbedder, dit_config
 from .rope import Rotary
+from .stack import Branch, run_blocks
 
 LAYOUTS = ("vdt", "latte", "full3d")
 
@@ -71,6 +73,22 @@ class TemporalAttention(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
 
 
+class VideoStackBlock:
+    """One block of the VideoDiT stack (not a module: it refers to the model's own modules): VDT's temporal attention
+    if ``temporal`` is given, then a DiT block whose attention runs along ``axis``."""
+
+    def __init__(self, model: "VideoDiT", block: DiTBlock, axis: str, temporal: TemporalAttention | None = None):
+        self.model, self.block, self.axis, self.temporal = model, block, axis, temporal
+
+    def branches(self, c: torch.Tensor, layout: TokenLayout) -> list[Branch]:
+        attend = self.model.attend
+        out = []
+        if self.temporal is not None:
+            t = self.temporal
+            out.append(Branch("temporal", t.norm, lambda h: attend(t.attn, h, layout, "time"), None, t.attn, "time"))
+        return out + self.block.branches(c, layout, lambda attn, h: attend(attn, h, layout, self.axis), self.axis)
+
+
 class VideoDiT(nn.Module):
     format_name = "ditkit-video-dit"
 
@@ -101,6 +119,15 @@ class VideoDiT(nn.Module):
             self.temporal = nn.ModuleList([DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.final_layer = FinalLayer(D, p, self.out_channels * config.tubelet)
         self.initialize_weights()
+        if config.layout == "vdt":
+            stack = [VideoStackBlock(self, b, "space", t) for b, t in zip(self.blocks, self.temporal)]
+        elif config.layout == "latte":
+            stack = [VideoStackBlock(self, b, axis) for pair in zip(self.blocks, self.temporal)
+                     for b, axis in zip(pair, ("space", "time"))]
+        else:
+            stack = [VideoStackBlock(self, b, "all") for b in self.blocks]
+        self.stack_blocks = tuple(stack)
+        self._rotary: dict[tuple, Rotary] = {}
 
     def initialize_weights(self):
         """DiT's initialisation (same module names), plus zeroed temporal outputs: every block starts as identity."""
@@ -113,7 +140,7 @@ class VideoDiT(nn.Module):
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
               force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns tokens [N, F', S, D] and per-frame conditioning c [N, F', D]."""
+        """Returns tokens [N, F'*S, D] (frame-major) and per-frame conditioning c [N, F', D]."""
         cfg = self.config
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[3:]) != cfg.image_hw:
             raise ValueError(f"expected video [N, {self.in_channels}, F, {cfg.image_hw[0]}, {cfg.image_hw[1]}], "
@@ -128,7 +155,7 @@ class VideoDiT(nn.Module):
             x = mask * x + (1 - mask) * context
         if cfg.mask_channel:
             x = torch.cat([x, mask if mask is not None else x.new_ones(N, 1, F, H, W)], dim=1)
-        tokens = self.x_embedder(x) + self.pos_embed
+        tokens = (self.x_embedder(x) + self.pos_embed).flatten(1, 2)
         if y is None:
             y = torch.full((N,), cfg.num_classes, device=x.device, dtype=torch.long)
         y = y.reshape(N, -1)
@@ -139,38 +166,33 @@ class VideoDiT(nn.Module):
         c = c.expand(N, F, c.shape[-1]).unflatten(1, (F // cfg.tubelet, cfg.tubelet)).mean(2)
         return tokens, c
 
-    def attend(self, attn: Attention, x: torch.Tensor, axis: str) -> torch.Tensor:
-        """Attention of ``attn`` over x [N, F', S, D] along ``axis``: 'space' (per frame), 'time' (per position,
-        1D RoPE over frames) or 'all' (3D RoPE)."""
-        N, F, S, D = x.shape
+    def token_layout(self, num_tokens: int) -> TokenLayout:
         h, w = self.grid
+        return TokenLayout(num_tokens // (h * w), h, w)
+
+    def rotary(self, head_dim: int, grid: tuple[int, int, int], split=None) -> Rotary:
+        """The rotary embedding of a (frames, height, width) grid, built once per grid."""
+        key = (head_dim, grid, split)
+        if key not in self._rotary:
+            self._rotary[key] = Rotary(head_dim, grid, split)
+        return self._rotary[key]
+
+    def attend(self, attn: Attention, x: torch.Tensor, layout: TokenLayout, axis: str) -> torch.Tensor:
+        """Attention of ``attn`` over x [N, T, D] (tokens of ``layout``) along ``axis``: 'space' (per frame),
+        'time' (per position, 1D RoPE over frames) or 'all' (3D RoPE)."""
+        N, T, D = x.shape
+        F, h, w = layout.shape
         if axis == "space":
-            return attn(x.reshape(N * F, S, D), TokenLayout(1, h, w)).view(N, F, S, D)
+            return attn(x.reshape(N * F, h * w, D), TokenLayout(1, h, w)).view(N, T, D)
         if axis == "time":
-            seq = x.transpose(1, 2).reshape(N * S, F, D)
-            out = attn(seq, TokenLayout(F, 1, 1), Rotary(attn.head_dim, (F, 1, 1), (attn.head_dim, 0, 0)))
-            return out.view(N, S, F, D).transpose(1, 2)
-        return attn(x.reshape(N, F * S, D), TokenLayout(F, h, w), Rotary(attn.head_dim, (F, h, w))).view(N, F, S, D)
+            seq = x.view(N, F, h * w, D).transpose(1, 2).reshape(N * h * w, F, D)
+            out = attn(seq, TokenLayout(F, 1, 1), self.rotary(attn.head_dim, (F, 1, 1), (attn.head_dim, 0, 0)))
+            return out.view(N, h * w, F, D).transpose(1, 2).reshape(N, T, D)
+        return attn(x, layout, self.rotary(attn.head_dim, layout.shape))
 
-    def dit_block(self, block: DiTBlock, x: torch.Tensor, c: torch.Tensor, axis: str) -> torch.Tensor:
-        """DiT's adaLN-Zero update on x [N, F', S, D] with per-frame c [N, F', D], attention along ``axis``."""
-        N, F, S, D = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.modulation(c.reshape(N * F, D))
-        x = x.reshape(N * F, S, D)
-        a = self.attend(block.attn, modulate(block.norm1(x), shift_msa, scale_msa).view(N, F, S, D), axis)
-        x = x + gate_msa.unsqueeze(1) * a.reshape(N * F, S, D)
-        x = x + gate_mlp.unsqueeze(1) * block.mlp_branch(x, shift_mlp, scale_mlp)
-        return x.view(N, F, S, D)
-
-    def run_blocks(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        layout = self.config.layout
-        for i, block in enumerate(self.blocks):
-            if layout == "vdt":
-                x = x + self.attend(self.temporal[i].attn, self.temporal[i].norm(x), "time")
-            x = self.dit_block(block, x, c, "all" if layout == "full3d" else "space")
-            if layout == "latte":
-                x = self.dit_block(self.temporal[i], x, c, "time")
-        return x
+    def run_stack(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""
+        return run_blocks(self.stack_blocks, tokens, c, self.token_layout(tokens.shape[1]))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[N, F', S, p*p*tubelet*C_out] -> [N, C_out, F, H, W]."""
@@ -180,15 +202,17 @@ class VideoDiT(nn.Module):
         return torch.einsum("nfhwpqtc->ncfthpwq", x).reshape(N, c, F * tt, h * p, w * p)
 
     def head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        N, F, S, D = x.shape
-        return self.unpatchify(self.final_layer(x.reshape(N * F, S, D), c.reshape(N * F, D)).view(N, F, S, -1))
+        """x [N, T, D], c [N, F', D] -> [N, C_out, F, H, W]."""
+        N, T, D = x.shape
+        F = c.shape[1]
+        return self.unpatchify(self.final_layer(x.reshape(N * F, T // F, D), c.reshape(N * F, D)).view(N, F, T // F, -1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, C, F, H, W], t [N], y [N] or per-frame [N, F] class ids -> [N, C_out, F, H, W]."""
         tokens, c = self.embed(x, t, y, force_drop_ids, context, mask)
-        return self.head(self.run_blocks(tokens, c), c)
+        return self.head(self.run_stack(tokens, c), c)
 
 
 def inflate_from_dit(video: VideoDiT, image: DiT) -> VideoDiT:

@@ -45,18 +45,11 @@ def record_calls(pipe, num_samples: int = 4, num_steps: int = 20, seed: int = 10
         inputs.append((tuple(a.clone() for a in args), {k: v.clone() if torch.is_tensor(v) else v
                                                          for k, v in kwargs.items()}))
 
-    if hasattr(pipe, "num_frames"):
-        run = lambda: pipe(num_videos=num_samples, num_sampling_steps=num_steps, seed=seed)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, pipe.num_classes, (num_samples,), generator=gen).tolist()
-        cfg = 4.0 if pipe.model.config.class_dropout_prob > 0 else 1.0
-        sampler = "euler" if isinstance(pipe.process, FlowMatching) else "ddim"
-        run = lambda: pipe(labels, num_sampling_steps=num_steps, sampler=sampler, cfg_scale=cfg, seed=seed)
+    kwargs = pipe.calibration_kwargs(num_samples, num_steps, seed)
     recipe, pipe.recipe = pipe.recipe, Recipe()
     handle = pipe.model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        run()
+        pipe(**kwargs)
     finally:
         handle.remove()
         pipe.recipe = recipe

@@ -78,13 +78,10 @@ def quantize_pipeline(pipe, recipe: str, calibration_samples: int | None = None)
 
 def _check_kwargs(pipe, num_samples: int = 4, num_steps: int = 20, seed: int = 2000) -> dict:
     """Sampling settings of the fidelity check in the card (seeds apart from calibration and evaluation)."""
-    if hasattr(pipe, "num_frames"):
-        return dict(num_videos=num_samples, num_sampling_steps=num_steps, sampler=pipe.default_sampler, cfg_scale=1.0,
-                    seed=seed)
-    sampler = "euler" if isinstance(pipe.process, FlowMatching) else "ddim"
-    cfg = 4.0 if pipe.model.config.class_dropout_prob > 0 else 1.0
-    return dict(class_labels=[i % pipe.num_classes for i in range(num_samples)], num_sampling_steps=num_steps,
-                sampler=sampler, cfg_scale=cfg, seed=seed)
+    kwargs = pipe.calibration_kwargs(num_samples, num_steps, seed)
+    if "class_labels" in kwargs:                # labels cycling over the classes, as the check always used
+        kwargs["class_labels"] = [i % pipe.num_classes for i in range(num_samples)]
+    return kwargs
 
 
 def load_any(model: str, device="cpu"):

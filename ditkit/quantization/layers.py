@@ -111,9 +111,15 @@ class W8A8Linear(QuantLinear):
                     smooth=self.smooth_inv is not None, fake=self.fake)
 
     @property
+    def kernel_act_bits(self) -> int:
+        """Activation bits the integer kernel computes with (and the simulation simulates): fbgemm's per-tensor
+        kernel drops to 7 bits on CPUs without VNNI."""
+        return 7 if self.act == "tensor" and self.act_bits == 8 and not _has_vnni() else self.act_bits
+
+    @property
     def label(self) -> str:
         w = f"W{self.weight_bits}" + (f" group {self.group_size}" if self.group_size else " per-channel")
-        a = f"A{self.act_bits} dynamic per-{self.act}" + (", smoothed" if self.smooth_inv is not None else "")
+        a = f"A{self.kernel_act_bits} dynamic per-{self.act}" + (", smoothed" if self.smooth_inv is not None else "")
         kernel = "int8 matmul (torch._int_mm)" if self.act == "token" else "fbgemm dynamic int8 linear"
         return f"{w} {a}, " + ("FAKE-QUANT simulation in float" if self.fake else kernel)
 
@@ -127,7 +133,7 @@ class W8A8Linear(QuantLinear):
         if self.smooth_inv is not None:
             h = h * self.smooth_inv
         if self.fake:
-            h = fake_quantize_activation(h, self.act_bits, self.act)
+            h = fake_quantize_activation(h, self.kernel_act_bits, self.act)
             y = F.linear(h, dequantize_symmetric(self.qweight, self.weight_scale))
         elif self.act == "token":
             hq, s = quantize_activation(h, self.act_bits)

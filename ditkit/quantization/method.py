@@ -18,7 +18,8 @@ from collections import Counter
 
 import torch.nn as nn
 
-from ..acceleration.registry import Method
+from ..hooks.method import Method
+from ..hooks.points import HookPoints
 from .calibration import Calls, activation_absmax, layer_sensitivity, record_calls
 from .layers import QuantLinear
 
@@ -52,7 +53,6 @@ class QuantMethod(Method):
         self._layers: dict[nn.Linear, tuple[int, QuantLinear]] = {}
         self._float: set = set()
         self._sensitivity: dict[str, float] = {}
-        self._swapped: list[tuple[nn.Module, str, nn.Module]] = []
 
     # --- what a subclass defines ---------------------------------------------------------------------------------
     def make_layer(self, linear: nn.Linear, act_absmax) -> QuantLinear:
@@ -116,23 +116,16 @@ class QuantMethod(Method):
                 plan.append((name, parent, attr, linear, self._layer(linear)))
             except ValueError as e:
                 raise ValueError(f"{self.name}: layer {name}: {e}") from None
-        for _, parent, attr, linear, layer in plan:
-            setattr(parent, attr, layer)
-        self._swapped = [(parent, attr, linear) for _, parent, attr, linear, _ in plan]
+        points = HookPoints.of(model)
+        for name, parent, attr, linear, layer in plan:
+            points.set(f"linear.{name}", self, parent, attr, layer)
         labels = Counter(q.label for *_, q in plan)
-        model.quantization = {"recipe": self.spec(), "computes": "; ".join(f"{n} x {lab}" for lab, n in labels.items()),
-                              "layers": {n: {"kind": q.kind, **q.config()} for n, *_, q in plan},
-                              "float_layers": kept, "sensitivity": self._sensitivity}
+        points.set("quantization", self, model, "quantization", {
+            "recipe": self.spec(), "computes": "; ".join(f"{n} x {lab}" for lab, n in labels.items()),
+            "layers": {n: {"kind": q.kind, **q.config()} for n, *_, q in plan}, "float_layers": kept,
+            "sensitivity": self._sensitivity})
         if any(getattr(q, "fake", False) for *_, q in plan):
             warnings.warn(FAKE_WARNING, stacklevel=2)
-
-    def detach(self, model: nn.Module) -> None:
-        if not self._swapped:
-            return
-        for parent, attr, linear in self._swapped:
-            setattr(parent, attr, linear)
-        self._swapped = []
-        model.__dict__.pop("quantization", None)
 
 
 def already_quantized(model: nn.Module) -> str:

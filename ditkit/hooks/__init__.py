@@ -1,0 +1,2 @@
+"""Hooks: how recipes attach to a model. :mod:`.points` holds the named hook points, :mod:`.method` the Method base
+class, the method registry and recipe parsing."""
