@@ -31,5 +31,25 @@ bench: $(DEVSTAMP)
 	    --time-samples 16 --repeats 3 --threads 1 --add-recipes "taylorseer:interval=6,order=1+w8a8" \
 	    --json out/bench.json --plot docs/bench-mnist-dit.png --markdown BENCHMARKS.md
 
+# The acceleration benchmark on the bundled video model, two runs into one JSON and BENCHMARKS.md's video section:
+# (1) its native size, 8 frames of 32x32 = 512-token attention, predict task, 50 steps, the caching suite;
+# (2) rebuilt for a 128x128 canvas, 8 frames = 8,192-token attention, predict task, 20 steps (as the attention
+# backends' end-to-end run), dense vs sparse attention vs caching + sparse stacks. About an hour on one CPU thread.
+.PHONY: bench-video
+bench-video: $(DEVSTAMP)
+	$(BIN)/ditkit bench --model moving-mnist-vdt --task predict --suite caching --num-sampling-steps 50 \
+	    --num-samples 16 --time-samples 4 --repeats 3 --threads 1 \
+	    --json out/bench-video.json --plot docs/bench-moving-mnist-vdt.png
+	$(BIN)/ditkit bench --model moving-mnist-vdt --task predict --canvas 128 --num-frames 8 --num-sampling-steps 20 \
+	    --num-samples 2 --time-samples 1 --repeats 3 --threads 1 \
+	    --recipes "topk,svg:sparsity=0.15,sta:density=0.125,full_steps=0.1,fora:interval=3+topk,taylorseer:interval=3,order=1+topk,taylorseer:interval=4,order=1+topk,fora:interval=3+sta:density=0.125,full_steps=0.1" \
+	    --append --json out/bench-video.json --plot docs/bench-moving-mnist-vdt-8192.png --markdown BENCHMARKS.md
+
 clean:
 	rm -rf out runs
+
+# Every recipe on the bundled image and video models, CUDA vs CPU, 4 steps (needs a GPU; `--device cpu` runs the same
+# script CPU vs CPU as a smoke test).
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --device cuda --json out/gpu-check.json

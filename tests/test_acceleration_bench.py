@@ -8,8 +8,9 @@ from acceleration_util import tiny_dit, tiny_pipe
 
 from ditkit import checkpoint as ckpt
 from ditkit.acceleration import Recipe
-from ditkit.acceleration.bench import ditkit_entry, run_bench, split_recipes
+from ditkit.acceleration.bench import ditkit_entry, run_bench, split_recipes, standard_suite
 from ditkit.acceleration.calibrate import Recorder, calibrate, fit_teacache, load_calibration, save_calibration
+from ditkit.acceleration.tasks import ImageTask
 from ditkit.cli import main
 from ditkit.training.config import TrainConfig
 from ditkit.training.trainer import model_metadata
@@ -68,17 +69,41 @@ def test_split_recipes():
         "none", "fora:interval=3", "magcache:threshold=0.2,max_skips=4", "teacache+w8a8"]
 
 
+def test_standard_suite_is_defined_by_the_bench():
+    assert standard_suite() == [
+        "none", "fora:interval=1", "fora", "fora:interval=6", "firstblockcache", "firstblockcache:threshold=0.2",
+        "teacache", "teacache:threshold=0.06", "magcache", "magcache:threshold=0.3,max_skips=6,retention=0.1",
+        "taylorseer", "taylorseer:interval=6,order=1", "toca", "toca:interval=5", "delta_dit",
+        "delta_dit:interval=5,span=0.75", "svg", "sta", "topk", "fastattn", "linear", "w8a8", "w8a8:act=tensor", "w8",
+        "w4", "bf16"]
+    assert standard_suite(("attention",)) == ["none", "svg", "sta", "topk", "fastattn", "linear"]
+
+
 def test_run_bench_rows():
     pipe = tiny_pipe()
     entries = [ditkit_entry(pipe, s, s) for s in ("none", "fora:interval=1", "fora:interval=2")]
-    rows = run_bench(entries, [1, 2, 3], {**SAMPLING, "seed": 0}, repeats=2, mnist=False, log=lambda m: None)
-    keys = {"recipe", "impl", "speedup", "compute_ratio", "psnr", "ssim", "class_accuracy", "frechet_distance",
-            "seconds"}
+    task = ImageTask(3, 0, SAMPLING, pipe.num_classes)
+    rows = run_bench(entries, task, repeats=2, log=lambda m: None)
+    keys = {"recipe", "impl", "tokens", "speedup", "compute_ratio", "psnr", "ssim", "class_accuracy",
+            "frechet_distance", "identical", "seconds"}
     assert all(keys <= set(r) for r in rows)
     none, never, half = rows
     assert none["psnr"] == never["psnr"] == 100 and never["compute_ratio"] == 1.0      # identical images
+    assert never["identical"] and not half["identical"] and all(r["tokens"] == 16 for r in rows)   # 4x4 patches
     assert half["compute_ratio"] == pytest.approx(6 / 4) and 0 < half["psnr"] < 100   # full steps 0, 1, 3, 5
     assert half["flops"] < none["flops"] and all(len(r["seconds_all"]) == 2 for r in rows)
+    assert torch.equal(task(pipe, 2), pipe([0, 1], seed=0, **SAMPLING))                 # labels cycle from 0
+
+
+def test_frechet_distance_needs_more_samples_than_feature_dimensions(monkeypatch):
+    import ditkit.evaluation.evaluate as evaluate
+    monkeypatch.setattr(evaluate, "classifier_metrics", lambda images, labels: {"class_accuracy": 0.5,
+                                                                                "frechet_distance": 7.0})
+    images = torch.rand(129, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    task = lambda n: ImageTask(n, 0, {}, 10, mnist=True)
+    few, enough = task(128).quality(images[:128], images[:128]), task(129).quality(images, images)
+    assert few["frechet_distance"] is None and few["class_accuracy"] == 0.5                # 128-d features
+    assert enough["frechet_distance"] == 7.0 and enough["psnr"] == 100
 
 
 def test_bench_command_with_diffusers_peers(model_file, tmp_path, capsys):
@@ -115,12 +140,15 @@ def test_bars_are_checked_from_the_rows():
 
 
 def test_markdown_report_replaces_only_its_section(tmp_path):
-    from ditkit.acceleration.report import MARKERS, replace_generated_section
+    from ditkit.acceleration.report import MARKERS, VIDEO_MARKERS, replace_generated_section
     path = tmp_path / "BENCHMARKS.md"
     replace_generated_section(path, "run one", "# Title")
     assert path.read_text().startswith("# Title") and "run one" in path.read_text()
     path.write_text(path.read_text() + "\n## Hand-written section\nkeep me\n")
+    replace_generated_section(path, "video one", markers=VIDEO_MARKERS)
     replace_generated_section(path, "run two")
+    replace_generated_section(path, "video two", markers=VIDEO_MARKERS)
     text = path.read_text()
     assert "run one" not in text and "run two" in text and "keep me" in text and text.startswith("# Title")
-    assert text.count(MARKERS[0]) == text.count(MARKERS[1]) == 1
+    assert "video one" not in text and "video two" in text
+    assert all(text.count(m) == 1 for m in MARKERS + VIDEO_MARKERS)

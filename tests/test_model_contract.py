@@ -38,7 +38,7 @@ def video_pipe(request):
     return VideoPipeline(tiny_video(request.param), FlowMatching(1000.0))
 
 
-def predict(pipe, spec, n=2, seed=0, **kw):
+def predict(pipe, spec, n=2, seed=0, cfg_scale=2.0, context_scale=2.0):
     """Videos (first 2 frames given, label-guided and context-guided) and the exact block count."""
     torch.manual_seed(1234)
     context = torch.rand(n, 1, 4, 16, 16) * 2 - 1
@@ -47,8 +47,8 @@ def predict(pipe, spec, n=2, seed=0, **kw):
     pipe.set_recipe(None if spec == "none" else spec)
     try:
         with BlockCounter(pipe.model) as counter:
-            out = pipe(context, mask, labels=list(range(n)), num_sampling_steps=STEPS, cfg_scale=2.0,
-                       context_scale=2.0, seed=seed, **kw)
+            out = pipe(context, mask, labels=list(range(n)), num_sampling_steps=STEPS, cfg_scale=cfg_scale,
+                       context_scale=context_scale, seed=seed)
     finally:
         pipe.set_recipe(None)
     return out, counter.blocks
@@ -103,15 +103,17 @@ def test_video_detach_restores_the_model_exactly(video_pipe):
 
 
 def test_video_calibration_feeds_teacache_and_magcache(video_pipe, tmp_path):
+    """``ditkit calibrate``'s fit on the video model's own predict task (held-out clips), used by the recipes."""
     kw = dict(num_sampling_steps=STEPS, cfg_scale=1.0)
     mag = save_calibration(calibrate(video_pipe, "magcache", 2, **kw), tmp_path / "mag.json")
     tea = save_calibration(calibrate(video_pipe, "teacache", 2, **kw), tmp_path / "tea.json")
-    ref, full = predict(video_pipe, "none")
-    out, n = predict(video_pipe, f"magcache:threshold=0,ratios={mag}")
+    guidance = dict(cfg_scale=1.0, context_scale=1.0)
+    ref, full = predict(video_pipe, "none", **guidance)
+    out, n = predict(video_pipe, f"magcache:threshold=0,ratios={mag}", **guidance)
     assert torch.equal(out, ref) and n == full
-    out, n = predict(video_pipe, f"magcache:threshold=10,max_skips=2,ratios={mag}")
+    out, n = predict(video_pipe, f"magcache:threshold=10,max_skips=2,ratios={mag}", **guidance)
     assert n < full
-    out, n = predict(video_pipe, f"teacache:threshold=10,coefficients={tea}")
+    out, n = predict(video_pipe, f"teacache:threshold=10,coefficients={tea}", **guidance)
     assert n < full and torch.isfinite(out).all()
 
 

@@ -1,14 +1,20 @@
 """``ditkit bench``: speed and quality of acceleration recipes, side by side, measured in one run.
 
-For every recipe, on the same labels, seeds, sampler and CFG: an untimed pass generates every sample (for quality)
-and then, on one timed-size generation, counts transformer block evaluations exactly (:class:`BlockCounter`), FLOPs
-(``torch.utils.flop_counter``) and the peak of newly allocated tensor memory (profiler allocation events); then
-``--repeats`` timed rounds run every recipe once per round (rotated order, so machine noise hits all alike) and the
-median wall time is reported (and the median process CPU time, less sensitive to other processes on a shared
-machine). Quality is measured against the ``none`` images: PSNR and SSIM per sample (mean; PSNR capped at 100 dB,
-which identical samples get), and for MNIST-shaped models ``class_accuracy`` and ``frechet_distance`` (Fréchet
-distance on ditkit's MNIST-classifier features, not FID). TeaCache / MagCache entries without a calibration file
-are calibrated first, in the same run, on ``--calibration-prompts`` samples with seeds disjoint from the benchmark's.
+Image DiTs and video DiTs run through the same harness: a bench task (:mod:`.tasks`) gives the inputs and the
+generation call of the N samples with fixed seeds (images: labels cycling over the classes; videos: a VDT task on
+held-out Moving MNIST clips, optionally on a larger canvas). For every recipe, on the same inputs, seeds, sampler
+and CFG: an untimed pass generates every sample (for quality) and then, on one timed-size generation, counts
+transformer block evaluations exactly (:class:`BlockCounter`), FLOPs (``torch.utils.flop_counter``) and the peak of
+newly allocated tensor memory (profiler allocation events); then ``--repeats`` timed rounds run every recipe once per
+round (rotated order, so machine noise hits all alike) and the median wall time is reported (and the median process
+CPU time, less sensitive to other processes on a shared machine). Quality is measured against the ``none`` samples
+(:meth:`~.tasks.ImageTask.quality`, :meth:`~.tasks.VideoTask.quality`): PSNR (capped at 100 dB, which identical
+samples get) and SSIM, ``identical`` (bitwise equal), for MNIST-shaped image models ``class_accuracy`` and, with
+more than 128 samples, ``frechet_distance`` (Fréchet distance on ditkit's MNIST-classifier features, not FID).
+Every row carries ``tokens``, the length of the model's longest attention call. TeaCache / MagCache entries without
+a calibration file are calibrated first, in the same run, on ``--calibration-prompts`` samples with seeds (and
+clips) disjoint from the benchmark's. ``--append`` adds a run to an existing JSON file (``make bench-video``: the
+video model at its native size and on a larger canvas), whose report then covers every run in it.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..attention.method import longest_attention
 from ..evaluation.metrics import PSNR_CAP
 from .calibrate import calibrate, save_calibration
 from .counting import BlockCounter
@@ -34,16 +41,48 @@ NEVER_SKIPS = "fora:interval=1"                          # a recipe that never s
 CALIBRATED = {"teacache": "coefficients", "magcache": "ratios"}
 
 
-def standard_suite() -> list[str]:
-    """none, the never-skipping recipe, then each registered method's ``bench_settings`` (its paper default and a
-    faster setting; methods without the attribute contribute their default alone). The faster settings of the
-    caching methods were picked on mnist-dit by a sweep on seeds 500-507, disjoint from the benchmark's seeds."""
+# Bench settings per method: its paper default, then a faster setting (the caching methods' picked on mnist-dit by a
+# sweep on seeds 500-507, disjoint from the benchmark's). Registered methods not listed contribute their default.
+SUITE: dict[str, tuple[str, ...]] = {
+    "fora": ("fora", "fora:interval=6"),
+    "firstblockcache": ("firstblockcache", "firstblockcache:threshold=0.2"),
+    "teacache": ("teacache", "teacache:threshold=0.06"),
+    "magcache": ("magcache", "magcache:threshold=0.3,max_skips=6,retention=0.1"),
+    "taylorseer": ("taylorseer", "taylorseer:interval=6,order=1"),
+    "toca": ("toca", "toca:interval=5"),
+    "delta_dit": ("delta_dit", "delta_dit:interval=5,span=0.75"),
+    "w8a8": ("w8a8", "w8a8:act=tensor"),
+}
+KINDS = ("caching", "attention", "quantization")
+SUITES = {"standard": KINDS, **{k: (k,) for k in KINDS}}
+
+
+def method_kind(name: str) -> str:
+    """'attention' (an attention backend), 'quantization' or 'caching' (any other method) of a registered method."""
+    from ..attention.method import AttentionMethod
+    from ..quantization.method import QuantMethod
+    from .registry import REGISTRY, _load_builtin_methods
+    _load_builtin_methods()
+    cls = REGISTRY[name]
+    return "attention" if issubclass(cls, AttentionMethod) else "quantization" if issubclass(cls, QuantMethod) \
+        else "caching"
+
+
+def recipe_kinds(recipe: str) -> set[str]:
+    """'taylorseer:interval=6+topk' -> {'caching', 'attention'}; 'none' -> set()."""
+    return {method_kind(name) for name, _ in parse_recipe(recipe)}
+
+
+def standard_suite(kinds=KINDS) -> list[str]:
+    """none, the never-skipping recipe (with caching), then the ``SUITE`` settings of every registered method of
+    ``kinds``, in registration order."""
     from .methods import BUILTIN_METHOD_MODULES
     from .registry import REGISTRY, _load_builtin_methods
     _load_builtin_methods()
     order = lambda item: (BUILTIN_METHOD_MODULES + [item[1].__module__]).index(item[1].__module__.rsplit(".")[-1])
-    return ["none", NEVER_SKIPS] + [s for name, cls in sorted(REGISTRY.items(), key=order)
-                                    for s in getattr(cls, "bench_settings", (name,))]
+    return ["none"] + [NEVER_SKIPS] * ("caching" in kinds) + [
+        s for name, _ in sorted(REGISTRY.items(), key=order) if method_kind(name) in kinds
+        for s in SUITE.get(name, (name,))]
 
 
 def round_order(items: list, r: int) -> list:
@@ -92,8 +131,9 @@ def ditkit_entry(pipe, spec, display: str) -> Entry:
     return Entry(display, "ditkit", pipe, lambda: BlockCounter(pipe.model), Recipe(spec))
 
 
-def with_calibration(specs: list[str], pipe, sampling: dict, num_prompts: int, seed: int, out_dir: Path):
-    """Fill in missing TeaCache / MagCache calibration files; returns [(spec for Recipe, display string)]."""
+def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, out_dir: Path):
+    """Fill in missing TeaCache / MagCache calibration files (calibrated on ``task`` resampled to ``num_prompts``
+    samples from ``seed``); returns [(spec for Recipe, display string)]."""
     files, out = {}, []
     for spec in specs:
         parts, shown = [], []
@@ -101,7 +141,7 @@ def with_calibration(specs: list[str], pipe, sampling: dict, num_prompts: int, s
             if name in CALIBRATED and CALIBRATED[name] not in params:
                 if name not in files:
                     t0 = time.perf_counter()
-                    cal = calibrate(pipe, name, num_prompts, seed, **sampling)
+                    cal = calibrate(pipe, name, num_prompts, seed, task=task)
                     files[name] = save_calibration(cal, out_dir / f"calibration-{name}.json")
                     print(f"calibrated {name} on {num_prompts} samples (seeds {seed}..) in "
                           f"{time.perf_counter() - t0:.1f} s: fit {json.dumps(cal['fit'])[:160]} -> {files[name]}")
@@ -126,42 +166,29 @@ def peak_tensor_memory(fn):
     return result, peak
 
 
-def measure(entry: Entry, labels, sampling: dict, time_samples: int | None = None) -> torch.Tensor:
-    """Untimed: the images of all labels, then block count, FLOPs and peak memory of one timed-size generation."""
+def measure(entry: Entry, task, time_samples: int | None = None) -> torch.Tensor:
+    """Untimed: all samples of ``task``, then block count, FLOPs and peak memory of one timed-size generation."""
     from torch.utils.flop_counter import FlopCounterMode
     flops = FlopCounterMode(display=False)
     with entry.active() as pipe:
-        images = pipe(labels, **sampling)
+        samples = task(pipe)
         with entry.counter() as counter, flops:
-            _, peak = peak_tensor_memory(lambda: pipe(labels[:time_samples], **sampling))
+            _, peak = peak_tensor_memory(lambda: task(pipe, time_samples))
     entry.row.update(blocks=counter.blocks, flops=flops.get_total_flops(), peak_memory_mb=peak / 2 ** 20)
-    return images
+    return samples
 
 
-def quality(images: torch.Tensor, reference: torch.Tensor, labels, mnist: bool) -> dict:
-    from ..evaluation.metrics import psnr, ssim
-    row = {"psnr": psnr(images, reference, cap=PSNR_CAP).mean().item(),
-           "ssim": ssim(images, reference).mean().item()}
-    if mnist:
-        from ..evaluation.evaluate import classifier_metrics
-        m = classifier_metrics(images, labels)
-        row.update(class_accuracy=m["class_accuracy"], frechet_distance=m["frechet_distance"])
-    else:
-        row.update(class_accuracy=None, frechet_distance=None)
-    return row
-
-
-def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist: bool, log=print,
-              time_samples: int | None = None, skipped: list | None = None) -> list[dict]:
-    """Measure every entry (entries[0] is the full-compute reference); returns the JSON rows. Timed rounds generate
-    the first ``time_samples`` labels (default: all of them). Entries that cannot apply to the model are left out
-    and appended to ``skipped`` as (recipe, reason)."""
+def run_bench(entries: list[Entry], task, repeats: int, log=print, time_samples: int | None = None,
+              skipped: list | None = None) -> list[dict]:
+    """Measure every entry (entries[0] is the full-compute reference) on ``task``; returns the JSON rows. Timed
+    rounds generate the first ``time_samples`` samples (default: all of them). Entries that cannot apply to the model
+    are left out and appended to ``skipped`` as (recipe, reason)."""
     skipped = [] if skipped is None else skipped
-    images, kept = [], []
+    samples, kept = [], []
     for e in entries:
         t0 = time.perf_counter()
         try:
-            images.append(measure(e, labels, sampling, time_samples))
+            samples.append(measure(e, task, time_samples))
         except (ValueError, RuntimeError, NotImplementedError) as err:
             if e is entries[0]:
                 raise
@@ -175,19 +202,19 @@ def run_bench(entries: list[Entry], labels, sampling: dict, repeats: int, mnist:
         for e in round_order(entries, r):
             with e.active() as pipe:
                 t0, c0 = time.perf_counter(), time.process_time()
-                pipe(labels[:time_samples], **sampling)
+                task(pipe, time_samples)
                 e.times.append(time.perf_counter() - t0)
                 e.cpu_times.append(time.process_time() - c0)
         log(f"  round {r + 1}/{repeats} done")
     base = entries[0]
     base_time, base_cpu = statistics.median(base.times), statistics.median(base.cpu_times)
     rows = []
-    for e, img in zip(entries, images):
+    for e, out in zip(entries, samples):
         sec, cpu = statistics.median(e.times), statistics.median(e.cpu_times)
-        rows.append({"recipe": e.recipe, "impl": e.impl, "speedup": base_time / sec,
-                     "compute_ratio": base.row["blocks"] / max(e.row["blocks"], 1e-9),
-                     **quality(img, images[0], labels, mnist), "seconds": sec, "seconds_all": e.times,
-                     "cpu_seconds": cpu, "cpu_speedup": base_cpu / cpu,
+        rows.append({"recipe": e.recipe, "impl": e.impl, "tokens": longest_attention(e.pipe.model),
+                     "speedup": base_time / sec, "compute_ratio": base.row["blocks"] / max(e.row["blocks"], 1e-9),
+                     **task.quality(out, samples[0]), "identical": torch.equal(out, samples[0]), "seconds": sec,
+                     "seconds_all": e.times, "cpu_seconds": cpu, "cpu_speedup": base_cpu / cpu,
                      "flops_ratio": base.row["flops"] / max(e.row["flops"], 1), **e.row})
     return rows
 
@@ -246,81 +273,108 @@ def machine() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def append_run(path: str | Path, data: dict) -> dict:
+    """The bench JSON at ``path`` with the run ``data`` added: ``settings`` becomes the list of runs, rows and skipped
+    entries are concatenated; an earlier run at the same token count is replaced."""
+    path, new = Path(path), data["settings"]
+    old = json.loads(path.read_text()) if path.exists() else {"settings": [], "rows": [], "skipped": []}
+    runs = old["settings"] if isinstance(old["settings"], list) else [old["settings"]]
+    other = [s for s in runs if s.get("kind", "image") != new["kind"]]
+    if other:
+        raise ValueError(f"{path} holds {other[0].get('kind', 'image')} runs of {other[0]['model']}; write this "
+                         f"{new['kind']} run to another --json file (or drop --append)")
+    same = lambda item_tokens: item_tokens == new["tokens"]
+    return {"settings": [s for s in runs if not same(s.get("tokens"))] + [new], "machine": data["machine"],
+            "rows": [r for r in old["rows"] if not same(r.get("tokens"))] + data["rows"],
+            "skipped": [k for k in old["skipped"] if not same(k[2] if len(k) > 2 else None)] + data["skipped"]}
+
+
 def run(args):
     import sys
 
-    from ..generate import load_pipeline, sampling_kwargs
+    from .tasks import load_task
+    if args.append and not args.json:
+        raise ValueError("--append adds this run to the --json file: give --json FILE")
     torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args)
-    sampling = sampling_kwargs(args)
-    seed = sampling.pop("seed")
-    labels = [i % pipe.num_classes for i in range(args.num_samples)]
-    specs = split_recipes(args.recipes) if args.recipes else standard_suite()
+    pipe, task = load_task(args, args.num_samples, args.seed)
+    if args.peers and task.kind == "video":
+        raise ValueError(f"--peers {args.peers} runs diffusers' caches on an image DiT converted to diffusers; "
+                         f"there is no diffusers conversion of ditkit's VideoDiT: drop --peers for {args.model}")
+    specs = split_recipes(args.recipes) if args.recipes else standard_suite(SUITES[args.suite])
     specs += split_recipes(args.add_recipes) if args.add_recipes else []
     specs = ["none"] + [s for s in specs if s.strip().lower() != "none"]
     out_dir = Path(args.json).parent if args.json else Path("out")
-    resolved = with_calibration(specs, pipe, sampling, args.calibration_prompts, args.calibration_seed, out_dir)
+    resolved = with_calibration(specs, pipe, task, args.calibration_prompts, args.calibration_seed, out_dir)
     entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
+    notes = list(args.note or [])
     if args.peers:
         if args.peers != "diffusers":
             raise ValueError(f"unknown peer {args.peers!r}; valid: diffusers")
-        from .peers import diffusers_entries
-        entries += diffusers_entries(pipe, sampling, args.calibration_prompts, args.calibration_seed)
-    C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
-    mnist = (C, H, W, pipe.num_classes) == (1, 32, 32, 10)
-    sampling["seed"] = seed
+        from .peers import PEER_NOTES, diffusers_entries
+        entries += diffusers_entries(pipe, task, args.calibration_prompts, args.calibration_seed)
+        notes += PEER_NOTES
     timed = args.time_samples or args.num_samples
-    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} samples (quality on "
+    tokens = longest_attention(pipe.model)
+    s = task.settings()
+    what = "samples" if task.kind == "image" else \
+        f"videos ({s['task']}, {s['num_frames']} frames of {s['canvas']}x{s['canvas']}, {tokens}-token attention)"
+    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} {what} (quality on "
           f"{args.num_samples}), "
-          f"{args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, {args.threads} thread(s)")
+          f"{s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, {args.threads} thread(s)")
     skipped = []
-    rows = run_bench(entries, labels, sampling, args.repeats, mnist, log=lambda m: print(m, file=sys.stderr),
+    rows = run_bench(entries, task, args.repeats, log=lambda m: print(m, file=sys.stderr),
                      time_samples=args.time_samples, skipped=skipped)
     table = markdown_table(rows)
     print(table)
-    settings = {"model": args.model, "num_samples": args.num_samples, "repeats": args.repeats,
-                "time_samples": args.time_samples or args.num_samples,
+    settings = {"model": args.model, "kind": task.kind, "tokens": tokens, "num_samples": args.num_samples,
+                "repeats": args.repeats, "time_samples": timed,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
-                **sampling, "command": "ditkit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])}
+                **s, "command": "ditkit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
+                "plot": args.plot, "notes": notes}
+    data = {"settings": settings, "machine": machine(), "rows": rows,
+            "skipped": [[recipe, why, tokens] for recipe, why in skipped]}
+    if args.append:
+        data = append_run(args.json, data)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"settings": settings, "machine": machine(), "rows": rows,
-                                               "skipped": skipped}, indent=1))
+        Path(args.json).write_text(json.dumps(data, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        title = (f"{args.model}: {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}, "
-                 f"{args.num_samples} samples")
+        noun = "samples" if task.kind == "image" else f"{s['task']} videos"
+        title = (f"{args.model}: {tokens} tokens, {s['sampler']} {s['num_sampling_steps']} steps, "
+                 f"cfg {s['cfg_scale']}, {args.num_samples} {noun}")
         print(f"wrote {pareto_plot(rows, args.plot, title)}")
     if args.markdown:
-        import os
-
-        from .peers import PEER_NOTES
-        from .report import bars, write_markdown
-        plot = os.path.relpath(args.plot, Path(args.markdown).parent) if args.plot else None
-        print("\n".join(bars(rows)))
-        notes = list(args.note or [])
-        notes += [f"`{r}` was left out: it cannot apply to this model ({why})" for r, why in skipped]
-        notes += PEER_NOTES if args.peers else []
-        print(f"wrote {write_markdown(args.markdown, rows, settings, machine(), table, plot, notes)}")
+        from .report import bars_of, write_markdown
+        print("\n".join(bars_of(data)))
+        print(f"wrote {write_markdown(args.markdown, data)}")
 
 
 def register(sub):
     from ..generate import add_sampling_args
-    p = sub.add_parser("bench", help="speed x quality of acceleration recipes (and diffusers' caches) in one run")
+    from .tasks import add_task_args
+    p = sub.add_parser("bench", help="speed x quality of acceleration recipes (and diffusers' caches) in one run, "
+                                     "on image or video DiTs")
     add_sampling_args(p)
-    p.add_argument("--recipes", help="comma-separated recipes (default: the standard suite, every registered method at "
-                                     "its paper default and a faster setting)")
-    p.add_argument("--add-recipes", help="comma-separated recipes run after --recipes or the standard suite, e.g. "
+    add_task_args(p)
+    p.add_argument("--recipes", help="comma-separated recipes (default: the --suite)")
+    p.add_argument("--suite", choices=SUITES, default="standard",
+                   help="without --recipes: every registered method at its paper default and a faster setting "
+                        "(standard), or only the caching, attention or quantization methods")
+    p.add_argument("--add-recipes", help="comma-separated recipes run after --recipes or the suite, e.g. "
                                          "stacked ones ('taylorseer:interval=6,order=1+w8a8')")
-    p.add_argument("--num-samples", type=int, default=100, help="images per recipe (labels cycle over the classes)")
+    p.add_argument("--num-samples", type=int, default=100, help="samples per recipe (images: labels cycle over the "
+                                                                "classes; videos: held-out clips)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     p.add_argument("--time-samples", type=int, help="samples per timed generation (default: --num-samples; quality "
                                                     "and counts always use all of them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = the least noisy on a shared machine)")
-    p.add_argument("--peers", help="also run a peer library's caches on the same weights: diffusers")
+    p.add_argument("--peers", help="image DiTs: also run a peer library's caches on the same weights: diffusers")
     p.add_argument("--calibration-prompts", type=int, default=10, help="samples for TeaCache / MagCache calibration")
     p.add_argument("--calibration-seed", type=int, default=1000, help="first calibration seed (disjoint from --seed)")
     p.add_argument("--json", help="write the rows (and settings, machine) to this JSON file")
+    p.add_argument("--append", action="store_true", help="add this run to the --json file (replacing a run at the "
+                                                         "same token count); --markdown then reports every run in it")
     p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this PNG")
     p.add_argument("--markdown", help="write a BENCHMARKS.md-style report (command, machine, date, table, plot, bars)")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")

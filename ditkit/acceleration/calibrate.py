@@ -1,8 +1,9 @@
 """``ditkit calibrate``: fit TeaCache's rescaling polynomial or MagCache's magnitude ratios for any model.
 
-Runs the uncached model on K prompts (labels 0, 1, 2, ... cycling, seeds ``seed``, ``seed + 1``, ...) with the
-given sampler, steps and CFG, records every network call per branch and per sample, fits, prints the fit quality
-and writes a JSON file a recipe points to (``teacache:coefficients=FILE``, ``magcache:ratios=FILE``).
+Runs the uncached model on K prompts of a bench task (:mod:`.tasks`; images: labels 0, 1, 2, ... cycling, seeds
+``seed``, ``seed + 1``, ...; videos: the VDT task on held-out clips ``seed``, ``seed + 1``, ...) with the given
+sampler, steps and CFG, records every network call per branch and per sample, fits, prints the fit quality and
+writes a JSON file a recipe points to (``teacache:coefficients=FILE``, ``magcache:ratios=FILE``).
 
 - teacache: pairs (x = rel_l1 change of block 0's modulated input, y = rel_l1 change of the network output)
   between consecutive calls of a sample, pooled over branches and samples; least-squares degree-4 polynomial y = P(x)
@@ -46,26 +47,26 @@ class Recorder(CachingMethod):
         return SimpleNamespace(u=None, pred=None, mag=None, t=None)
 
     def forward(self, state, tokens, c):
-        u, out = indicator(self.model, tokens, c), self.run(tokens, c)
+        u, out = indicator(self.model, tokens, c, self.layout), self.run(tokens, c)
         pred = self.model.head(out, c)                          # the network output, as TeaCache's fit uses
         mag = (out - tokens).norm(dim=-1).mean(dim=1)
-        t = self.t.float()
+        t = self.timestep()
         if state.u is not None:
             self.pairs += zip(rel_l1(u, state.u).tolist(), rel_l1(pred, state.pred).tolist())
-            self.ratios += zip(self.row_branch, state.t.tolist(), t.tolist(), (mag / state.mag).tolist())
-        for branch, ti, m in zip(self.row_branch, t.tolist(), mag.tolist()):
-            self.mags[branch, ti].append(m)
+            self.ratios += [(b, state.t, t, r) for b, r in zip(self.row_branch, (mag / state.mag).tolist())]
+        for branch, m in zip(self.row_branch, mag.tolist()):
+            self.mags[branch, t].append(m)
         state.u, state.pred, state.mag, state.t = u, pred, mag, t
         return out
 
 
-def record(pipe, num_prompts: int, seed: int, **sampling) -> Recorder:
-    """Run the uncached pipeline on ``num_prompts`` samples with a recorder attached."""
+def record(pipe, task) -> Recorder:
+    """Run the uncached pipeline on every sample of ``task`` (a bench task) with a recorder attached."""
     rec, recipe, previous = Recorder(), Recipe(), pipe.recipe
     recipe.methods.append(rec)
     pipe.set_recipe(recipe)
     try:
-        pipe([i % pipe.num_classes for i in range(num_prompts)], seed=seed, **sampling)
+        task(pipe)
     finally:
         pipe.set_recipe(previous)
     return rec
@@ -101,17 +102,25 @@ def fit_magcache(rec: Recorder) -> dict:
                                       "ratios": len(err)}}
 
 
-def calibrate(pipe, method: str, num_prompts: int = 10, seed: int = 1000, **sampling) -> dict:
-    """Record and fit; returns the calibration dict (what ``save_calibration`` writes)."""
+def calibrate(pipe, method: str, num_prompts: int = 10, seed: int = 1000, task=None, **sampling) -> dict:
+    """Record and fit; returns the calibration dict (what ``save_calibration`` writes). ``task`` (a bench task) gives
+    the inputs and sampling, resampled to ``num_prompts`` samples from ``seed``; without it, the pipeline's default
+    task (:func:`~.tasks.default_task`: class labels 0, 1, 2, ... for an image DiT, ``predict`` on held-out clips
+    for a video DiT) with the pipeline keyword arguments ``sampling``."""
+    from .tasks import default_task
     if method not in METHODS:
         raise ValueError(f"cannot calibrate {method!r}; valid: {', '.join(METHODS)}")
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-    rec = record(pipe, num_prompts, seed, **sampling)
+    if task is not None and sampling:
+        raise ValueError(f"give the sampling settings through the task, not also as {sorted(sampling)}")
+    task = default_task(pipe, num_prompts, seed, sampling) if task is None else task.resample(num_prompts, seed)
+    rec = record(pipe, task)
     if not rec.pairs:
         raise ValueError("calibration needs at least 2 sampling steps")
     fitted = fit_teacache(rec) if method == "teacache" else fit_magcache(rec)
-    settings = {k: v for k, v in sampling.items() if isinstance(v, (int, float, str, type(None)))}
+    settings = {k: v for k, v in task.settings().items()
+                if k != "seed" and isinstance(v, (int, float, str, type(None)))}
     return {"format": FORMAT, "method": method, "num_prompts": num_prompts, "seed": seed, "sampling": settings,
             **fitted}
 
@@ -155,11 +164,9 @@ def summary(cal: dict) -> str:
 
 
 def run(args):
-    from ..generate import load_pipeline, sampling_kwargs
-    pipe = load_pipeline(args)
-    kwargs = sampling_kwargs(args)
-    seed = kwargs.pop("seed")
-    cal = calibrate(pipe, args.method, args.num_prompts, seed, **kwargs)
+    from .tasks import load_task
+    pipe, task = load_task(args, args.num_prompts, args.seed)
+    cal = calibrate(pipe, args.method, args.num_prompts, args.seed, task=task)
     path = save_calibration({"model": args.model, **cal}, args.out)
     print(summary(cal))
     print(f"wrote {path}; use it as {args.method}:{'coefficients' if args.method == 'teacache' else 'ratios'}={path}")
@@ -167,10 +174,13 @@ def run(args):
 
 def register(sub):
     from ..generate import add_sampling_args
-    p = sub.add_parser("calibrate", help="fit TeaCache's polynomial or MagCache's ratios for a model")
+    from .tasks import add_task_args
+    p = sub.add_parser("calibrate", help="fit TeaCache's polynomial or MagCache's ratios for a model (image or video)")
     add_sampling_args(p)
+    add_task_args(p)
     p.set_defaults(seed=1000)
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--num-prompts", type=int, default=10, help="samples to record (labels cycle over the classes)")
+    p.add_argument("--num-prompts", type=int, default=10, help="samples to record (images: labels cycle over the "
+                                                               "classes; videos: held-out clips from --seed)")
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(fn=run)

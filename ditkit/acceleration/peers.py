@@ -112,25 +112,26 @@ def _entry(pipe, label, apply):
     return Entry(label, "diffusers", dpipe, lambda: DiffusersCounter(denoiser))
 
 
-def diffusers_magcache_ratios(pipe, sampling, num_prompts: int, seed: int) -> list[float]:
-    """Run diffusers' MagCache calibration mode once and parse the ratios it prints."""
+def diffusers_magcache_ratios(pipe, task, num_prompts: int, seed: int) -> list[float]:
+    """Run diffusers' MagCache calibration mode once on ``task`` resampled to ``num_prompts`` samples from ``seed``
+    and parse the ratios it prints."""
     from diffusers.hooks import MagCacheConfig, apply_mag_cache
     entry = _entry(pipe, "calibration", lambda d, _: apply_mag_cache(
-        d, MagCacheConfig(calibrate=True, num_inference_steps=sampling["num_sampling_steps"])))
+        d, MagCacheConfig(calibrate=True, num_inference_steps=task.sampling["num_sampling_steps"])))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        entry.pipe([i % pipe.num_classes for i in range(num_prompts)], **{**sampling, "seed": seed})
+        task.resample(num_prompts, seed)(entry.pipe)
     return ast.literal_eval(re.findall(r"\[[-+0-9.e, ]*\]", out.getvalue())[-1])
 
 
-def diffusers_entries(pipe, sampling: dict, num_prompts: int, calibration_seed: int) -> list:
-    """FirstBlockCache, TaylorSeer, MagCache and PyramidAttentionBroadcast, each at its defaults and a tuned setting."""
+def diffusers_entries(pipe, task, num_prompts: int, calibration_seed: int) -> list:
+    """FirstBlockCache, TaylorSeer, MagCache and PyramidAttentionBroadcast, each at its defaults and a tuned setting,
+    for the image ``task``."""
     from diffusers.hooks import (FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                                  TaylorSeerCacheConfig, apply_first_block_cache, apply_mag_cache,
                                  apply_pyramid_attention_broadcast, apply_taylorseer_cache)
-    sampling = {k: v for k, v in sampling.items() if k != "seed"}
-    steps = sampling["num_sampling_steps"]
-    ratios = diffusers_magcache_ratios(pipe, sampling, num_prompts, calibration_seed)
+    steps = task.sampling["num_sampling_steps"]
+    ratios = diffusers_magcache_ratios(pipe, task, num_prompts, calibration_seed)
     modules = dict(cache_identifiers=[r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"],
                    taylor_factors_dtype=torch.float32)
     pab = lambda n, lo, hi: (lambda d, den: apply_pyramid_attention_broadcast(d, PyramidAttentionBroadcastConfig(
