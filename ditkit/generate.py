@@ -54,7 +54,7 @@ def run(args):
     path = save_grid(images, args.out, nrow=nrow, upscale=args.upscale)
     msg = f"wrote {path} ({len(labels)} samples, {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}) in {seconds:.1f} s"
     if args.npz:
-        np.savez(args.npz, images=images.numpy(), labels=np.array(labels), seeds=np.arange(len(labels)) + args.seed)
+        np.savez(args.npz, images=images.cpu().numpy(), labels=np.array(labels), seeds=np.arange(len(labels)) + args.seed)
         msg += f"; arrays in {args.npz}"
     print(msg)
 

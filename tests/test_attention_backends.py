@@ -2,13 +2,15 @@
 import pytest
 import torch
 
+import ditkit.acceleration.sta as sta
 from ditkit.acceleration.fastattn import WindowResidualAttention
 from ditkit.acceleration.registry import Recipe
-from ditkit.acceleration.sta import (auto_window, search_windows, sliding_tile_attention, sta_density,
+from ditkit.acceleration.sta import (auto_window, search_windows, sliding_tile_attention, sta_density, tile_plan,
                                      window_candidates)
-from ditkit.acceleration.svg import candidate_outputs, classify_heads, sparse_videogen
-from ditkit.acceleration.topk import topk_attention
-from ditkit.attention.blocksparse import band_attention, band_index, block_sparse_attention, window_index
+from ditkit.acceleration.svg import band_geometry, band_plan, candidate_outputs, classify_heads, sparse_videogen
+from ditkit.acceleration.topk import topk_attention, topk_geometry
+from ditkit.attention.blocksparse import (BlockPattern, band_attention, band_index, block_sparse_attention,
+                                          window_index)
 from ditkit.attention.layout import from_temporal, from_tiles, to_temporal, to_tiles
 from ditkit.attention.method import parse_indices, parse_triples
 from ditkit.models.attention import HeadSplit, TokenLayout, linear_attention, sdpa
@@ -61,7 +63,9 @@ def test_block_sparse_matches_masked_attention(pattern):
     mask.scatter_(1, idx[0, 0], True)
     mask = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(block_sparse_attention(q, k, v, idx, 32, max_temp_mb=0.01), ref, atol=1e-5, rtol=0)
+    out = block_sparse_attention(q, k, v, idx, 32, max_temp_mb=0.01)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert torch.equal(block_sparse_attention(q, k, v, BlockPattern(idx), 32, max_temp_mb=0.01), out)   # prebuilt
 
 
 def test_windows_are_clamped_and_full_size():
@@ -252,3 +256,90 @@ def test_longest_attention_call_per_model_layout():
     assert longest_attention(video("vdt", 64)) == 64                                 # 8x8 frames: spatial calls
     assert longest_attention(video("full3d", 32)) == 16 * 16
     assert longest_attention(torch.nn.Linear(2, 2)) is None
+
+
+def _same_pattern(a: BlockPattern, b: BlockPattern) -> bool:
+    same = lambda x, y: x == y if isinstance(x, slice) else isinstance(y, torch.Tensor) and torch.equal(x, y)
+    return (torch.equal(a.idx, b.idx) and a.diagonal == b.diagonal and (a.windows is None) == (b.windows is None)
+            and all(same(r, r2) and same(c, c2) for (r, c), (r2, c2) in zip(a.windows or [], b.windows or [])))
+
+
+@pytest.mark.parametrize("windows", [None, ((1, 1, 2),), ((1, 1, 2), (2, 1, 1), (1, 2, 2))])
+def test_sta_tile_plan_is_cached_and_equals_a_fresh_one(windows):
+    cpu = torch.device("cpu")
+    plan = tile_plan(LAYOUT, (2, 4, 4), windows, 0.25, cpu)
+    assert tile_plan(LAYOUT, (2, 4, 4), windows, 0.25, cpu) is plan                       # built once
+    fresh = tile_plan.__wrapped__(LAYOUT, (2, 4, 4), windows, 0.25, cpu)
+    assert (plan.tile, plan.grid, plan.tokens) == (fresh.tile, fresh.grid, fresh.tokens) == ((2, 4, 4), (2, 2, 2), 32)
+    assert len(plan.groups) == len(fresh.groups) == (2 if windows and len(windows) > 1 else 1)
+    for (heads, pattern), (heads2, pattern2) in zip(plan.groups, fresh.groups):
+        assert (heads is None and heads2 is None) or torch.equal(heads, heads2)
+        assert _same_pattern(pattern, pattern2)
+    if windows is None or len(windows) == 1:                                              # the windows of STA
+        grid_window = windows[0] if windows else auto_window((2, 2, 2), 0.25)
+        assert torch.equal(plan.groups[0][1].idx, window_index((2, 2, 2), grid_window)[None, None])
+
+
+def test_plans_live_on_the_device_they_were_built_for():
+    meta = torch.device("meta")
+    plan = tile_plan.__wrapped__(LAYOUT, (2, 4, 4), ((1, 1, 2), (2, 1, 1), (1, 2, 2)), 0.25, meta)
+    shared = BlockPattern(window_index((2, 2, 2), (2, 1, 2))[None, None], meta)    # scattered shared windows
+    windows = [t for w in shared.windows for t in w if isinstance(t, torch.Tensor)]
+    tensors = [plan.groups[1][0], *(p.idx for _, p in plan.groups), shared.idx, shared.flat(2, 3), *windows]
+    assert windows and all(t.device == meta for t in tensors)
+
+
+def test_sta_and_fastattn_rebuild_nothing_per_call(monkeypatch):
+    """Recipe strings are parsed at construction and the tile plan built at the first call of a layout."""
+    q, k, v = qkv(H=3)
+    methods = [Recipe("sta:tile=2x4x4,window=1x1x2;2x1x1;1x2x2,min_tokens=0").methods[0],
+               Recipe("fastattn:tile=2x4x4,window=1x1x2,min_tokens=0").methods[0]]
+    first = [m.kernel(q, k, v, LAYOUT) if m.name == "sta" else m.prime("key", q, k, v, LAYOUT) for m in methods]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rebuilt per call")
+    for name in ["parse_triples", "window_index", "auto_tile", "tile_grid"]:
+        monkeypatch.setattr(sta, name, refuse)
+    assert torch.equal(methods[0].kernel(q, k, v, LAYOUT), first[0])
+    methods[1].kernel(q, k, v, LAYOUT, "key")
+
+
+def test_topk_and_svg_geometry_are_cached():
+    assert topk_geometry(LAYOUT, (2, 4, 4), 0.25) is topk_geometry(LAYOUT, (2, 4, 4), 0.25)
+    assert topk_geometry(LAYOUT, (2, 4, 4), 0.25) == ((2, 4, 4), 8, 32, 2)
+    block, nb, width, idx = band_plan(256, 0.25, 32)
+    assert band_plan(256, 0.25, 32)[3] is idx and (block, nb, width) == band_geometry(256, 0.25, 32)
+    assert torch.equal(idx, band_index(nb, width)) and idx.device.type == "cpu"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("sta:tile=abc", r"tile='abc' is not valid: expected 'auto' or one tile FxHxW or HxW"),
+    ("sta:tile=2x4x4;1x8x8", r"tile='2x4x4;1x8x8' is not valid: expected one tile"),
+    ("sta:window=0x1x1", r"window='0x1x1' is not valid: expected 'auto', 'search' or windows FxHxW"),
+    ("sta:window=1x2x3x4", r"window='1x2x3x4' is not valid"),
+    ("sta:density=1.5", r"density=1.5 is not valid: expected a fraction in \(0, 1\]"),
+    ("fastattn:window=search", r"window='search' is not valid: expected 'auto' or windows"),
+    ("fastattn:tile=4", r"tile=4 is not valid"),
+    ("fastattn:refresh=0", r"refresh=0, warmup=1 are not valid"),
+    ("topk:tile=8x", r"tile='8x' is not valid"),
+    ("topk:density=0", r"density=0 is not valid"),
+    ("svg:sparsity=0", r"sparsity=0 is not valid"),
+    ("svg:block=0", r"block=0, rows=64 are not valid"),
+])
+def test_invalid_recipe_parameters_raise_at_construction(spec, match):
+    with pytest.raises(ValueError, match=match):
+        Recipe(spec)
+
+
+def test_rope_tables_are_cached_per_device_and_dtype():
+    from ditkit.models.rope import Rotary
+    rope = Rotary(16, (2, 4, 4))
+    x = torch.randn(1, 2, 32, 16)
+    out = rope(x)
+    assert rope.tables(x.device, torch.float32)[0] is rope.cos                    # the float32 CPU tables themselves
+    cos64 = rope.tables(x.device, torch.float64)[0]
+    assert rope.tables(x.device, torch.float64)[0] is cos64 and cos64.dtype == torch.float64
+    torch.testing.assert_close(rope(x.double()), out.double(), atol=1e-6, rtol=0)
+    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+    ref = torch.stack([a * rope.cos - b * rope.sin, a * rope.sin + b * rope.cos], dim=-1).flatten(-2)
+    assert torch.equal(out, ref)

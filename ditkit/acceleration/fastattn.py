@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..attention.method import AttentionMethod, parse_triples
+from ..attention.method import AttentionMethod
 from ..models.attention import TokenLayout, sdpa
 from .registry import register
-from .sta import sliding_tile_attention, sta_density
+from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
 
 
 @register
@@ -31,6 +31,12 @@ class WindowResidualAttention(AttentionMethod):
 
     def __post_init__(self):
         super().__post_init__()
+        self._tile, self._windows = parse_tile(self.tile), parse_windows(self.window)
+        if not 0 < self.density <= 1:
+            raise ValueError(f"fastattn: density={self.density!r} is not valid: expected a fraction in (0, 1]")
+        if self.refresh < 1 or self.warmup < 0:
+            raise ValueError(f"fastattn: refresh={self.refresh!r}, warmup={self.warmup!r} are not valid: expected "
+                             f"refresh >= 1 (steps between full steps) and warmup >= 0")
         self.residuals = {}
 
     def reset(self, num_steps: int) -> None:
@@ -38,8 +44,7 @@ class WindowResidualAttention(AttentionMethod):
         self.residuals = {}
 
     def window_attention(self, q, k, v, layout):
-        return sliding_tile_attention(q, k, v, layout, parse_triples(self.tile, [None])[0], parse_triples(self.window),
-                                      self.density)
+        return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density)
 
     def full_step(self) -> bool:
         return self.step < self.warmup or self.step % self.refresh == 0
@@ -55,7 +60,7 @@ class WindowResidualAttention(AttentionMethod):
         return self.window_attention(q, k, v, layout) + self.residuals[key]
 
     def layout_density(self, layout: TokenLayout) -> float:
-        return sta_density(layout, parse_triples(self.tile, [None])[0], parse_triples(self.window), self.density)
+        return sta_density(layout, self._tile, self._windows, self.density)
 
     def make_backend(self, layer: int, num_layers: int):
         def backend(q, k, v, layout):

@@ -9,18 +9,21 @@ call of a generation every window shape of that many tiles is scored per head on
 attention) and the best is kept for the rest of the generation. The first ``full_steps`` fraction of sampling
 steps uses full attention (STA: 12 of 50).
 Tiles are ``tile`` (default 4x8x8 for video, 1x16x16 for images; STA uses 6x8x8) shrunk per dimension to divide
-the layout.
+the layout. Recipe strings are parsed once, at construction; the tile plan (fitted tile, grid, block patterns on the
+device) is built once per layout, windows and device (:func:`tile_plan`).
 
     pipe.set_recipe("sta:window=2x3x3")   # or "sta:density=0.25", "sta:window=search", per head "sta:window=1x4x4;4x2x2"
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 
-from ..attention.blocksparse import block_sparse_attention, window_index
+from ..attention.blocksparse import BlockPattern, block_sparse_attention, window_index
 from ..attention.layout import auto_tile, from_tiles, tile_grid, to_tiles
 from ..attention.method import AttentionMethod, dense_fraction, parse_triples
 from ..models.attention import TokenLayout, sdpa
@@ -35,29 +38,83 @@ def auto_window(grid: tuple[int, int, int], density: float) -> tuple[int, int, i
     return tuple(w)
 
 
+def _triples(spec, what: str, expected: str):
+    """:func:`parse_triples` with a clear error: a list of positive (f, h, w), or None for 'auto'."""
+    try:
+        out = parse_triples(spec)
+    except ValueError:
+        out = []
+    if out is not None and (not out or any(d < 1 for t in out for d in t)):
+        raise ValueError(f"{what}={spec!r} is not valid: expected {expected}")
+    return out
+
+
+def parse_tile(spec) -> tuple[int, int, int] | None:
+    """'auto' | 'FxHxW' | 'HxW' (tokens) -> (tf, th, tw), or None (auto)."""
+    out = _triples(spec, "tile", "'auto' or one tile FxHxW or HxW of positive integers (tokens), e.g. 4x8x8")
+    if out is not None and len(out) != 1:
+        raise ValueError(f"tile={spec!r} is not valid: expected one tile FxHxW or HxW, got {len(out)}")
+    return out[0] if out else None
+
+
+def parse_windows(spec, search: bool = False) -> tuple | str | None:
+    """'auto' | 'FxHxW' | 'FxHxW;FxHxW;...' (tiles, one per head) [| 'search'] -> tuple of (wf, wh, ww), 'search',
+    or None (auto)."""
+    if search and spec == "search":
+        return spec
+    expected = ("'auto'" + (", 'search'" if search else "") + " or windows FxHxW or HxW of positive integers "
+                "(tiles), one for all heads or one per head separated by ';', e.g. 2x3x3 or 1x4x4;4x2x2")
+    out = _triples(spec, "window", expected)
+    return tuple(out) if out is not None else None
+
+
+class TilePlan(NamedTuple):
+    """The fixed part of an STA call on one layout: the fitted tile, its grid, tokens per tile and one
+    (heads, block pattern) per group of heads whose windows have the same number of tiles (heads None: all)."""
+    tile: tuple[int, int, int]
+    grid: tuple[int, int, int]
+    tokens: int
+    groups: tuple[tuple[torch.Tensor | None, BlockPattern], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def tile_plan(layout: TokenLayout, tile: tuple | None, windows: tuple | None, density: float,
+              device: torch.device) -> TilePlan:
+    """The :class:`TilePlan` of ``windows`` (one, one per head, or None: auto from ``density``), built once per
+    (layout, tile, windows, density, device); index tensors on ``device``."""
+    tile = auto_tile(layout, tile)
+    grid = tile_grid(layout, tile)
+    windows = [tuple(min(w, g) for w, g in zip(win, grid)) for win in (windows or [auto_window(grid, density)])]
+    if len(set(windows)) == 1:
+        groups = ((None, BlockPattern(window_index(grid, windows[0])[None, None], device)),)
+    else:
+        groups = []
+        for size in sorted({math.prod(w) for w in windows}):
+            heads = [h for h in range(len(windows)) if math.prod(windows[h]) == size]
+            idx = torch.stack([window_index(grid, windows[h]) for h in heads])[None]       # [1, h', nt, K]
+            groups.append((torch.tensor(heads, device=device), BlockPattern(idx, device)))
+        groups = tuple(groups)
+    return TilePlan(tile, grid, math.prod(tile), groups)
+
+
 def sliding_tile_attention(q, k, v, layout: TokenLayout | None, tile=None, windows=None,
                            density: float = 0.25) -> torch.Tensor:
     """q, k, v [B, h, N, d] frame-major; ``windows``: one (wf, wh, ww) for all heads, a list of one per head, or None
-    (auto from ``density``). Heads whose windows have the same number of tiles share one call. Returns [B, h, N, d]."""
+    (auto from ``density``). Heads whose windows have the same number of tiles share one call; the tile plan is
+    cached (:func:`tile_plan`). Returns [B, h, N, d]."""
     layout = layout or TokenLayout(1, 1, q.shape[2])
-    tile = auto_tile(layout, tile)
-    grid = tile_grid(layout, tile)
     H = q.shape[1]
-    windows = [tuple(min(w, g) for w, g in zip(win, grid)) for win in (windows or [auto_window(grid, density)])]
-    if len(windows) not in (1, H):
+    if windows and len(windows) not in (1, H):
         raise ValueError(f"give one STA window or one per head ({H}), got {len(windows)}")
-    qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
-    T = math.prod(tile)
-    if len(set(windows)) == 1:
-        return from_tiles(block_sparse_attention(qt, kt, vt, window_index(grid, windows[0], q.device)[None, None], T),
-                          layout, tile)
+    plan = tile_plan(layout, tuple(tile) if tile else None, tuple(map(tuple, windows)) if windows else None,
+                     density, q.device)
+    qt, kt, vt = (to_tiles(t, layout, plan.tile) for t in (q, k, v))
+    if plan.groups[0][0] is None:                                 # one window for all heads
+        return from_tiles(block_sparse_attention(qt, kt, vt, plan.groups[0][1], plan.tokens), layout, plan.tile)
     out = torch.empty_like(qt)
-    for size in sorted({math.prod(w) for w in windows}):
-        heads = [h for h in range(H) if math.prod(windows[h]) == size]
-        idx = torch.stack([window_index(grid, windows[h], q.device) for h in heads])[None]     # [1, h', nt, K]
-        sel = torch.tensor(heads, device=q.device)
-        out[:, sel] = block_sparse_attention(*(t.index_select(1, sel) for t in (qt, kt, vt)), idx, T)
-    return from_tiles(out, layout, tile)
+    for sel, pattern in plan.groups:
+        out[:, sel] = block_sparse_attention(*(t.index_select(1, sel) for t in (qt, kt, vt)), pattern, plan.tokens)
+    return from_tiles(out, layout, plan.tile)
 
 
 def window_candidates(grid: tuple[int, int, int], size: int) -> list[tuple[int, int, int]]:
@@ -103,29 +160,32 @@ class SlidingTileAttention(AttentionMethod):
     density: float = 0.25
     full_steps: float = 0.24
 
+    def __post_init__(self):
+        super().__post_init__()
+        self._tile = parse_tile(self.tile)
+        self._windows = parse_windows(self.window, search=True)
+        if not 0 < self.density <= 1:
+            raise ValueError(f"sta: density={self.density!r} is not valid: expected a fraction in (0, 1]")
+        self.reset(self.num_steps)
+
     def kernel(self, q, k, v, layout, layer=None):
         layout = layout or TokenLayout(1, 1, q.shape[2])
-        tile = parse_triples(self.tile, [None])[0]
-        if self.window != "search":
-            return sliding_tile_attention(q, k, v, layout, tile, parse_triples(self.window), self.density)
+        if self._windows != "search":
+            return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density)
         key = (layer, q.shape, layout)
         if key not in self.searched:
-            tile = auto_tile(layout, tile)
+            tile = auto_tile(layout, self._tile)
             grid = tile_grid(layout, tile)
             candidates = window_candidates(grid, math.prod(auto_window(grid, self.density)))
-            self.searched[key] = search_windows(q, k, v, layout, tile, candidates, generator=self.generator)
-        return sliding_tile_attention(q, k, v, layout, tile, self.searched[key])
+            self.searched[key] = tuple(search_windows(q, k, v, layout, tile, candidates, generator=self.generator))
+        return sliding_tile_attention(q, k, v, layout, self._tile, self.searched[key])
 
     def layout_density(self, layout: TokenLayout) -> float:
-        windows = None if self.window == "search" else parse_triples(self.window)
-        return sta_density(layout, parse_triples(self.tile, [None])[0], windows, self.density)
+        windows = None if self._windows == "search" else self._windows
+        return sta_density(layout, self._tile, windows, self.density)
 
     def dense(self, layer: int, num_layers: int) -> bool:
         return dense_fraction(self.step, self.num_steps, self.full_steps)
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reset(self.num_steps)
 
     def reset(self, num_steps: int) -> None:
         super().reset(num_steps)

@@ -16,6 +16,7 @@ f_l; generic defaults). ``sparsity`` is the kept density, as in SVG's code (Huny
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -38,39 +39,51 @@ def band_geometry(n: int, density: float, block: int) -> tuple[int, int, int]:
     return block, nb, min(nb, max(1, round(density * nb)))
 
 
+@functools.lru_cache(maxsize=64)
+def band_plan(n: int, density: float, block: int) -> tuple[int, int, int, torch.Tensor]:
+    """:func:`band_geometry` plus its :func:`band_index` [nb, width] on the CPU (the profiling groups its sampled
+    rows on the host), once per (n, density, block)."""
+    block, nb, width = band_geometry(n, density, block)
+    return block, nb, width, band_index(nb, width)
+
+
 def candidate_outputs(q, k, v, layout: TokenLayout, idx, block: int, rows: torch.Tensor, kv_temporal=None):
     """Outputs of the sampled query ``rows`` [R] (frame-major positions) under exact attention, the spatial band and
     the temporal band, each [B, h, R, d]. A band output is attention over the query block's window of ``idx``
     [nb, K] only: one SDPA call per distinct window on the rows that share it, in frame-major order for the spatial
-    band and token-major order for the temporal one; ``kv_temporal``: k, v already in token-major order."""
+    band and token-major order for the temporal one; ``kv_temporal``: k, v already in token-major order. The rows
+    are grouped by window on the host: give ``rows`` and ``idx`` on the CPU (no device synchronisation)."""
     F = layout.frames
     S = q.shape[2] // F
-    qr = q[:, :, rows]
+    rows, window_start = rows.cpu(), idx[:, 0].cpu()
+    qr = q[:, :, rows.to(q.device)]
     outs = [sdpa(qr, k, v)]
     k_t, v_t = kv_temporal or (to_temporal(k, layout), to_temporal(v, layout))
     for qpos, (kk, vv) in ((rows, (k, v)), ((rows % S) * F + rows // S, (k_t, v_t))):
         qpos, order = qpos.sort()
-        q_sorted, out = qr[:, :, order], torch.empty_like(outs[0])
-        starts, counts = idx[qpos // block, 0].unique_consecutive(return_counts=True)
+        starts, counts = window_start[qpos // block].unique_consecutive(return_counts=True)
+        q_sorted, out = qr[:, :, order.to(q.device)], torch.empty_like(outs[0])
         end = 0
         for start, count in zip(starts.tolist(), counts.tolist()):
             keys, end = slice(start * block, (start + idx.shape[1]) * block), end + count
             out[:, :, end - count:end] = sdpa(q_sorted[:, :, end - count:end], kk[:, :, keys], vv[:, :, keys])
-        outs.append(out[:, :, order.argsort()])
+        outs.append(out[:, :, order.argsort().to(q.device)])
     return outs
 
 
 def classify_heads(q, k, v, layout: TokenLayout, idx, block: int, rows: int = 64, generator=None,
                    kv_temporal=None) -> torch.Tensor:
-    """[B, h] bool, True = temporal: the candidate mask with the lower MSE vs exact attention on sampled rows."""
-    r = torch.randperm(q.shape[2], generator=generator)[:rows].sort().values.to(q.device)
+    """[B, h] bool on q's device, True = temporal: the candidate mask with the lower MSE vs exact attention on
+    sampled rows (drawn on the CPU with ``generator``)."""
+    r = torch.randperm(q.shape[2], generator=generator)[:rows].sort().values
     exact, spatial, temporal = candidate_outputs(q, k, v, layout, idx, block, r, kv_temporal)
     err = torch.stack([(o - exact).pow(2).mean(dim=(-1, -2)) for o in (spatial, temporal)], dim=-1)  # [B, h, 2]
     return err[..., 1] < err[..., 0]
 
 
 def head_runs(temporal: torch.Tensor) -> list[tuple[int, slice, bool]]:
-    """[B, h] bool -> (sample, head slice, temporal) for every run of consecutive heads of one kind."""
+    """[B, h] bool -> (sample, head slice, temporal) for every run of consecutive heads of one kind. This is the one
+    host synchronisation of an SVG call: which kernel each (sample, head) runs is decided from the profiling."""
     runs = []
     for b, row in enumerate(temporal.tolist()):
         start = 0
@@ -88,8 +101,7 @@ def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, 
     output back (k, v in token-major order are shared with the profiling)."""
     B, H, N, D = q.shape
     layout = layout or TokenLayout(1, 1, N)
-    block, nb, width = band_geometry(N, density, block)
-    idx = band_index(nb, width, q.device)
+    block, nb, width, idx = band_plan(N, density, block)
     if layout.frames == 1:                                   # one frame: the two masks coincide
         return band_attention(q, k, v, block, width)
     k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)
@@ -130,6 +142,12 @@ class SparseVideoGen(AttentionMethod):
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 < self.sparsity <= 1:
+            raise ValueError(f"svg: sparsity={self.sparsity!r} is not valid: expected the kept density, a fraction "
+                             f"in (0, 1]")
+        if self.block < 1 or self.rows < 1:
+            raise ValueError(f"svg: block={self.block!r}, rows={self.rows!r} are not valid: expected positive "
+                             f"integers (tokens per block, profiled query rows)")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def reset(self, num_steps: int) -> None:

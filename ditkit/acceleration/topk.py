@@ -3,22 +3,25 @@
 Tokens are grouped into (tf, th, tw) tiles (spatially coherent blocks). Block scores are estimated from pooled
 queries and keys, S = mean_tile(q) . mean_tile(k - mean(k)) (SLA centres the keys); each query tile keeps the
 ``density`` fraction of key tiles with the highest scores (at least its own tile), per sample and head, and
-attends exactly to them (block-sparse 4-D SDPA on gathered tiles).
+attends exactly to them (block-sparse 4-D SDPA on gathered tiles). The tile geometry is computed once per layout;
+the selected blocks are data-dependent and gathered per call.
 
     pipe.set_recipe("topk:density=0.25")
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
 
 from ..attention.blocksparse import block_sparse_attention
 from ..attention.layout import auto_tile, from_tiles, tile_grid, to_tiles
-from ..attention.method import AttentionMethod, dense_fraction, parse_triples
+from ..attention.method import AttentionMethod, dense_fraction
 from ..models.attention import TokenLayout
 from .registry import register
+from .sta import parse_tile
 
 
 def topk_blocks(qt: torch.Tensor, kt: torch.Tensor, block: int, keep: int) -> torch.Tensor:
@@ -33,13 +36,20 @@ def topk_blocks(qt: torch.Tensor, kt: torch.Tensor, block: int, keep: int) -> to
     return scores.topk(min(keep, nb), dim=-1).indices.sort(dim=-1).values
 
 
+@functools.lru_cache(maxsize=64)
+def topk_geometry(layout: TokenLayout, tile: tuple | None, density: float) -> tuple[tuple, int, int, int]:
+    """(fitted tile, number of tiles nb, tokens per tile, key tiles kept per query tile), once per layout."""
+    tile = auto_tile(layout, tile)
+    nb = math.prod(tile_grid(layout, tile))
+    return tile, nb, math.prod(tile), max(1, round(density * nb))
+
+
 def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: float = 0.25) -> torch.Tensor:
     """q, k, v [B, h, N, d] frame-major -> [B, h, N, d]."""
     layout = layout or TokenLayout(1, 1, q.shape[2])
-    tile = auto_tile(layout, tile)
-    nb, T = math.prod(tile_grid(layout, tile)), math.prod(tile)
+    tile, nb, T, keep = topk_geometry(layout, tuple(tile) if tile else None, density)
     qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
-    idx = topk_blocks(qt, kt, T, max(1, round(density * nb)))
+    idx = topk_blocks(qt, kt, T, keep)
     return from_tiles(block_sparse_attention(qt, kt, vt, idx, T), layout, tile)
 
 
@@ -51,12 +61,18 @@ class TopKAttention(AttentionMethod):
     tile: str = "auto"
     dense_steps: float = 0.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        self._tile = parse_tile(self.tile)
+        if not 0 < self.density <= 1:
+            raise ValueError(f"topk: density={self.density!r} is not valid: expected a fraction in (0, 1]")
+
     def kernel(self, q, k, v, layout):
-        return topk_attention(q, k, v, layout, parse_triples(self.tile, [None])[0], self.density)
+        return topk_attention(q, k, v, layout, self._tile, self.density)
 
     def layout_density(self, layout: TokenLayout) -> float:
-        nb = math.prod(tile_grid(layout, auto_tile(layout, parse_triples(self.tile, [None])[0])))
-        return max(1, round(self.density * nb)) / nb
+        _, nb, _, keep = topk_geometry(layout, self._tile, self.density)
+        return keep / nb
 
     def dense(self, layer: int, num_layers: int) -> bool:
         return dense_fraction(self.step, self.num_steps, self.dense_steps)

@@ -6,7 +6,8 @@ kernel folds (heads x query blocks) into SDPA's head dimension and keeps every c
 processed in chunks so the gathered keys/values never exceed ``max_temp_mb`` (small temporaries are also
 reused by the allocator instead of being page-faulted in anew on every call: at 4,096 tokens, block 256, top-4,
 2 MB chunks run in 85 ms where 16 MB chunks took 105 ms, one thread). Query blocks that share their key window
-(clamped sliding windows) are attended together, with the window gathered once or sliced when it is a run.
+(clamped sliding windows) are attended together, with the window gathered once or sliced when it is a run. A
+fixed pattern is analysed once (:class:`BlockPattern`), so a call on it makes no host synchronisation.
 """
 from __future__ import annotations
 
@@ -14,24 +15,57 @@ import torch
 import torch.nn.functional as F
 
 
-def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, block: int,
+class BlockPattern:
+    """A block pattern idx [B or 1, h or 1, nb, K] (long: the K key blocks of each query block) on ``device``, with
+    the host-side decisions of :func:`block_sparse_attention` taken once: block-diagonal, or (one pattern for all
+    heads) the distinct key windows and their query blocks, each a slice when it is a run of consecutive blocks.
+    Build it once for a fixed pattern (sliding windows); a per-call index (top-k) is analysed in the call."""
+
+    def __init__(self, idx: torch.Tensor, device=None):
+        self.idx = idx.to(device if device is not None else idx.device)
+        nb, K = idx.shape[-2:]
+        shared = idx.shape[:2] == (1, 1)
+        self.diagonal = shared and K == 1 and torch.equal(idx.view(-1), torch.arange(nb, device=idx.device))
+        self.windows = None                         # [(query blocks, key blocks)] per distinct window
+        if shared and not self.diagonal:
+            windows, owner = idx.view(nb, K).unique(dim=0, return_inverse=True)
+            if len(windows) < nb:
+                self.windows = [(self._blocks((owner == u).nonzero().view(-1)), self._blocks(w))
+                                for u, w in enumerate(windows)]
+        self._flat = {}
+
+    def _blocks(self, sel: torch.Tensor):
+        """Block indices -> a slice if they are a run, else a long tensor on the pattern's device."""
+        a, b = int(sel[0]), int(sel[-1])
+        return slice(a, b + 1) if b - a + 1 == len(sel) else sel.to(self.idx.device)
+
+    def flat(self, B: int, H: int) -> torch.Tensor:
+        """[B, h, nb, K] indices into the [B*h*nb] flattened blocks of a [B, h, nb, ...] tensor."""
+        if (B, H) not in self._flat:
+            nb, K = self.idx.shape[-2:]
+            offsets = torch.arange(B * H, device=self.idx.device).view(B, H, 1, 1) * nb
+            self._flat[B, H] = (offsets + self.idx).expand(B, H, nb, K)
+        return self._flat[B, H]
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx, block: int,
                            max_temp_mb: float = 2) -> torch.Tensor:
-    """q, k, v [B, h, N, d] in block order (N = nb * block); idx long [B or 1, h or 1, nb, K]: the K key blocks each
-    query block attends to (exact softmax over their K * block keys). Returns [B, h, N, d]."""
+    """q, k, v [B, h, N, d] in block order (N = nb * block); ``idx``: a :class:`BlockPattern` or a long tensor
+    [B or 1, h or 1, nb, K], the K key blocks each query block attends to (exact softmax over their K * block keys).
+    Returns [B, h, N, d]."""
     B, H, N, D = q.shape
-    nb, K = N // block, idx.shape[-1]
+    pattern = idx if isinstance(idx, BlockPattern) else BlockPattern(idx)
+    nb, K = N // block, pattern.idx.shape[-1]
     if nb * block != N:
         raise ValueError(f"sequence length {N} is not a multiple of the block size {block}")
     qb, kb, vb = (t.reshape(B, H, nb, block, D) for t in (q, k, v))
-    if K == 1 and idx.shape[:2] == (1, 1) and torch.equal(idx.view(-1), torch.arange(nb, device=idx.device)):
+    if pattern.diagonal:
         return F.scaled_dot_product_attention(*(t.reshape(B, H * nb, block, D) for t in (qb, kb, vb))).view(B, H, N, D)
-    if idx.shape[:2] == (1, 1):                                     # one pattern for all heads
-        windows, owner = idx.view(nb, K).unique(dim=0, return_inverse=True)
-        if len(windows) < nb:
-            return shared_window_attention(qb, kb, vb, windows, owner)
+    if pattern.windows is not None:
+        return shared_window_attention(qb, kb, vb, pattern.windows)
     # Gather each query block's K key blocks from the flattened [B*h*nb, block, d] blocks with index_select
     # (advanced indexing over (sample, head, block) is ~3x slower on CPU).
-    flat_idx = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * nb + idx).expand(B, H, nb, K)
+    flat_idx = pattern.flat(B, H)
     kf, vf = (t.reshape(B * H * nb, block, D) for t in (kb, vb))
     chunk = max(1, int(max_temp_mb * 2 ** 20 // (2 * B * H * K * block * D * q.element_size())))
     out = torch.empty_like(qb)
@@ -44,24 +78,24 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, id
     return out.view(B, H, N, D)
 
 
-def shared_window_attention(qb, kb, vb, windows: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+def shared_window_attention(qb, kb, vb, windows) -> torch.Tensor:
     """Block-sparse attention where query blocks share key windows (clamped sliding windows): one SDPA call per
     distinct window, its keys/values gathered once (or sliced, if the window is a run of consecutive blocks) and its
-    query blocks stacked. qb, kb, vb [B, h, nb, block, d]; windows [U, K] distinct key-block rows; owner [nb] the
-    window of each query block. Returns [B, h, nb * block, d]."""
+    query blocks stacked. qb, kb, vb [B, h, nb, block, d]; ``windows``: [(query blocks, key blocks)], each a slice
+    or a long index tensor (:attr:`BlockPattern.windows`). Returns [B, h, nb * block, d]."""
     B, H, nb, block, D = qb.shape
     out = torch.empty_like(qb)
 
     def blocks(t, sel):                                             # [B, h, len(sel) * block, d], a view if a run
-        a = int(sel[0])
-        if int(sel[-1]) - a + 1 == len(sel):
-            return t[:, :, a:a + len(sel)].reshape(B, H, -1, D)
-        return t.index_select(2, sel).reshape(B, H, -1, D)
+        return (t[:, :, sel] if isinstance(sel, slice) else t.index_select(2, sel)).reshape(B, H, -1, D)
 
-    for u, window in enumerate(windows):
-        rows = (owner == u).nonzero().view(-1)
-        o = F.scaled_dot_product_attention(blocks(qb, rows), blocks(kb, window), blocks(vb, window))
-        out.index_copy_(2, rows, o.view(B, H, len(rows), block, D))
+    for rows, keys in windows:
+        o = F.scaled_dot_product_attention(blocks(qb, rows), blocks(kb, keys), blocks(vb, keys))
+        o = o.view(B, H, -1, block, D)
+        if isinstance(rows, slice):
+            out[:, :, rows] = o
+        else:
+            out.index_copy_(2, rows, o)
     return out.view(B, H, nb * block, D)
 
 

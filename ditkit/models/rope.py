@@ -36,7 +36,8 @@ def _tables(grid: tuple[int, int, int], split: tuple[int, int, int], theta: floa
 
 class Rotary:
     """Callable applying RoPE to q or k [B, heads, N, d] with N = F*H*W tokens of ``grid`` (frames, height, width);
-    ``split`` gives the band widths (t, h, w) summing to d (default: CogVideoX's)."""
+    ``split`` gives the band widths (t, h, w) summing to d (default: CogVideoX's). The cos/sin tables [N, d/2] are
+    kept per (device, dtype) of the inputs met, so a call copies nothing: build one Rotary per grid and reuse it."""
 
     def __init__(self, head_dim: int, grid: tuple[int, int, int], split: tuple[int, int, int] | None = None,
                  theta: float = 1e4):
@@ -44,10 +45,18 @@ class Rotary:
         if sum(split) != head_dim or any(d % 2 for d in split):
             raise ValueError(f"RoPE bands {split} must be even and sum to the head dimension {head_dim}")
         self.cos, self.sin = _tables(tuple(grid), tuple(split), theta)
+        self._copies = {(self.cos.device, self.cos.dtype): (self.cos, self.sin)}
+
+    def tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [N, d/2] on ``device`` in ``dtype`` (converted once, then cached)."""
+        key = (device, dtype)
+        if key not in self._copies:
+            self._copies[key] = (self.cos.to(device, dtype), self.sin.to(device, dtype))
+        return self._copies[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] != self.cos.shape[0]:
             raise ValueError(f"RoPE table has {self.cos.shape[0]} positions, got {x.shape[-2]} tokens")
-        cos, sin = self.cos.to(x.device, x.dtype), self.sin.to(x.device, x.dtype)
+        cos, sin = self.tables(x.device, x.dtype)
         a, b = x.unflatten(-1, (-1, 2)).unbind(-1)               # [..., N, d/2] each
         return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
