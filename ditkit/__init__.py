@@ -1,6 +1,6 @@
 """ditkit: train, sample and accelerate Diffusion Transformers."""
 __version__ = "0.1.0"
 
-from .pipeline import DiTPipeline, load  # noqa: E402
+from .pipelines.image import DiTPipeline, load  # noqa: E402
 
 __all__ = ["DiTPipeline", "load", "__version__"]

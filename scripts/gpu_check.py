@@ -8,7 +8,7 @@ from the same seeds (ditkit's noise is drawn on the CPU, so both devices start f
   for recipes computing in bfloat16 or int8 activations, whose rounding may differ between devices).
 
 Attention recipes run with ``min_tokens=0`` (the bundled models' calls are shorter than the default 1,024). MagCache
-gets ``ratios=`` from :func:`ditkit.acceleration.calibrate.calibrate` on the CPU model at the same settings;
+gets ``ratios=`` from :func:`ditkit.bench.tasks.calibrate_on_task` on the CPU model at the same settings;
 TeaCache runs uncalibrated. ``--device cpu`` compares CPU with CPU (a smoke test). Exit status 1 on any FAIL or
 ERROR. Not imported by the library.
 
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 import ditkit
-import ditkit.acceleration.methods  # noqa: F401  (registers the built-in methods)
-from ditkit.acceleration.calibrate import calibrate, save_calibration
-from ditkit.acceleration.registry import REGISTRY, parse_recipe
-from ditkit.attention.method import AttentionMethod
-from ditkit.evaluation.metrics import PSNR_CAP, psnr
-from ditkit.video_pipeline import VideoPipeline
+from ditkit.acceleration.attention.base import AttentionMethod
+from ditkit.acceleration.cache.calibration import save_calibration
+from ditkit.acceleration.recipes import REGISTRY, parse_recipe
+from ditkit.bench.tasks import calibrate_on_task
+from ditkit.core.metrics import PSNR_CAP, psnr
+from ditkit.pipelines.video import VideoPipeline
 
 MODELS = ["mnist-dit", "moving-mnist-vdt"]
 STACKED = ["taylorseer:interval=6,order=1+w8a8", "fora+topk"]
@@ -73,8 +73,8 @@ def generate(pipe, args) -> tuple[torch.Tensor, float]:
 def magcache_calibration(pipe, model: str, args, folder: Path) -> tuple[str | None, str]:
     """MagCache ratios for the CPU pipeline at the check's settings: (file, '') or (None, why not)."""
     try:
-        cal = calibrate(pipe, "magcache", num_prompts=args.num_samples, seed=1000, num_sampling_steps=args.steps,
-                        cfg_scale=args.cfg_scale)
+        cal = calibrate_on_task(pipe, "magcache", num_prompts=args.num_samples, seed=1000,
+                                num_sampling_steps=args.steps, cfg_scale=args.cfg_scale)
     except Exception as err:                         # reported as the reason magcache is skipped
         return None, f"calibration failed: {type(err).__name__}: {err}"
     return str(save_calibration(cal, folder / f"magcache-{model}.json")), ""

@@ -4,7 +4,7 @@ import torch
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.diffusion.gaussian import GaussianDiffusion
 from ditkit.models.dit import DiT, dit_config
-from ditkit.pipeline import DiTPipeline
+from ditkit.pipelines.image import DiTPipeline
 
 NEVER_SKIP = ["fora:interval=1", "firstblockcache:threshold=0", "teacache:threshold=0", "magcache:threshold=0",
               "taylorseer:interval=1", "toca:interval=1", "delta_dit:interval=1"]
@@ -32,7 +32,7 @@ def tiny_pipe(input_size=32, flow=False, seed=0) -> DiTPipeline:
 
 def recipe(spec: str, magcache_file=None) -> dict:
     """'name:k=v,...' -> {name: params}, adding ``ratios`` for magcache."""
-    from ditkit.acceleration.registry import parse_recipe
+    from ditkit.acceleration.recipes import parse_recipe
     (name, params), = parse_recipe(spec)
     if name == "magcache":
         params["ratios"] = str(magcache_file)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from acceleration_util import tiny_dit, tiny_pipe
 
-from ditkit import checkpoint as ckpt
-from ditkit.acceleration import Recipe
-from ditkit.acceleration.bench import ditkit_entry, run_bench, split_recipes, standard_suite
-from ditkit.acceleration.calibrate import Recorder, calibrate, fit_teacache, load_calibration, save_calibration
-from ditkit.acceleration.tasks import ImageTask
+from ditkit.acceleration.cache.calibration import Recorder, fit_teacache, load_calibration, save_calibration
+from ditkit.acceleration.recipes import Recipe
+from ditkit.bench.harness import ditkit_entry, run_bench, split_recipes, standard_suite
+from ditkit.bench.tasks import ImageTask, calibrate_on_task
 from ditkit.cli import main
-from ditkit.training.config import TrainConfig
+from ditkit.core import checkpoint as ckpt
+from ditkit.core.configs import TrainConfig
 from ditkit.training.trainer import model_metadata
 
 SAMPLING = dict(num_sampling_steps=6, sampler="ddim", cfg_scale=4.0)
@@ -38,7 +38,7 @@ def test_teacache_fit_recovers_a_known_polynomial():
 
 def test_calibration_round_trip(tmp_path):
     pipe = tiny_pipe()
-    tea = calibrate(pipe, "teacache", 3, seed=5, **SAMPLING)
+    tea = calibrate_on_task(pipe, "teacache", 3, seed=5, **SAMPLING)
     path = save_calibration(tea, tmp_path / "tea.json")
     assert load_calibration(path, "teacache")["coefficients"] == tea["coefficients"]
     assert tea["fit"]["pairs"] == 3 * 2 * (SAMPLING["num_sampling_steps"] - 1)       # samples x branches x steps-1
@@ -47,7 +47,7 @@ def test_calibration_round_trip(tmp_path):
     pipe.set_recipe(None)
     assert torch.equal(from_file, inline)
     # one calibration sample: the magnitude curve reproduces its measured step ratios exactly
-    mag = calibrate(pipe, "magcache", 1, seed=5, **SAMPLING)
+    mag = calibrate_on_task(pipe, "magcache", 1, seed=5, **SAMPLING)
     assert set(mag["curves"]) == {"cond", "uncond"} and mag["fit"]["ratio_mae"] < 1e-5
     path = save_calibration(mag, tmp_path / "mag.json")
     assert Recipe(f"magcache:ratios={path}").methods[0].curves.keys() == {"cond", "uncond"}
@@ -96,8 +96,8 @@ def test_run_bench_rows():
 
 
 def test_frechet_distance_needs_more_samples_than_feature_dimensions(monkeypatch):
-    import ditkit.evaluation.evaluate as evaluate
-    monkeypatch.setattr(evaluate, "classifier_metrics", lambda images, labels: {"class_accuracy": 0.5,
+    import ditkit.bench.tasks as tasks
+    monkeypatch.setattr(tasks, "classifier_metrics", lambda images, labels: {"class_accuracy": 0.5,
                                                                                 "frechet_distance": 7.0})
     images = torch.rand(129, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     task = lambda n: ImageTask(n, 0, {}, 10, mnist=True)
@@ -123,7 +123,7 @@ def test_bench_command_with_diffusers_peers(model_file, tmp_path, capsys):
 
 
 def test_bars_are_checked_from_the_rows():
-    from ditkit.acceleration.report import bars
+    from ditkit.bench.report import bars
     row = lambda recipe, impl, speedup, psnr, acc, cpu=None: dict(
         recipe=recipe, impl=impl, speedup=speedup, psnr=psnr, class_accuracy=acc, cpu_speedup=cpu or speedup)
     rows = [row("none", "ditkit", 1.0, 100, 0.95), row("fora:interval=1", "ditkit", 0.97, 100, 0.95),
@@ -140,7 +140,7 @@ def test_bars_are_checked_from_the_rows():
 
 
 def test_markdown_report_replaces_only_its_section(tmp_path):
-    from ditkit.acceleration.report import MARKERS, VIDEO_MARKERS, replace_generated_section
+    from ditkit.bench.report import MARKERS, VIDEO_MARKERS, replace_generated_section
     path = tmp_path / "BENCHMARKS.md"
     replace_generated_section(path, "run one", "# Title")
     assert path.read_text().startswith("# Title") and "run one" in path.read_text()

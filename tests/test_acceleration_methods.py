@@ -4,9 +4,10 @@ import pytest
 import torch
 from acceleration_util import NEVER_SKIP, SKIPPING, recipe, tiny_pipe
 
-from ditkit.acceleration import Recipe
-from ditkit.acceleration.calibrate import calibrate, save_calibration
+from ditkit.acceleration.cache.calibration import save_calibration
 from ditkit.acceleration.counting import BlockCounter
+from ditkit.acceleration.recipes import Recipe
+from ditkit.bench.tasks import calibrate_on_task
 
 STEPS, LABELS = 10, [1, 7, 3]
 
@@ -23,7 +24,7 @@ def flow_pipe():
 
 @pytest.fixture(scope="module")
 def magfile(pipe, tmp_path_factory):
-    cal = calibrate(pipe, "magcache", 3, num_sampling_steps=STEPS, sampler="ddim", cfg_scale=4.0)
+    cal = calibrate_on_task(pipe, "magcache", 3, num_sampling_steps=STEPS, sampler="ddim", cfg_scale=4.0)
     return save_calibration(cal, tmp_path_factory.mktemp("cal") / "mag.json")
 
 

@@ -2,17 +2,18 @@
 import pytest
 import torch
 
-import ditkit.acceleration.sta as sta
-from ditkit.acceleration.fastattn import WindowResidualAttention
-from ditkit.acceleration.registry import Recipe
-from ditkit.acceleration.sta import (auto_window, search_windows, sliding_tile_attention, sta_density, tile_plan,
-                                     window_candidates)
-from ditkit.acceleration.svg import band_geometry, band_plan, candidate_outputs, classify_heads, sparse_videogen
-from ditkit.acceleration.topk import topk_attention, topk_geometry
-from ditkit.attention.blocksparse import (BlockPattern, band_attention, band_index, block_sparse_attention,
-                                          window_index)
-from ditkit.attention.layout import from_temporal, from_tiles, to_temporal, to_tiles
-from ditkit.attention.method import parse_indices, parse_triples
+import ditkit.acceleration.attention.sta as sta
+from ditkit.acceleration.attention.base import parse_indices, parse_triples
+from ditkit.acceleration.attention.fastattn import WindowResidualAttention
+from ditkit.acceleration.attention.sta import (auto_window, search_windows, sliding_tile_attention, sta_density,
+                                               tile_plan, window_candidates)
+from ditkit.acceleration.attention.svg import (band_geometry, band_plan, candidate_outputs, classify_heads,
+                                               sparse_videogen)
+from ditkit.acceleration.attention.topk import topk_attention, topk_geometry
+from ditkit.acceleration.kernels.blocksparse import (BlockPattern, band_attention, band_index, block_sparse_attention,
+                                                     window_index)
+from ditkit.acceleration.kernels.layout import from_temporal, from_tiles, to_temporal, to_tiles
+from ditkit.acceleration.recipes import Recipe
 from ditkit.models.attention import HeadSplit, TokenLayout, linear_attention, sdpa
 from ditkit.models.dit import DiT, dit_config
 
@@ -247,7 +248,7 @@ def test_recipes_run_in_a_model_and_short_calls_stay_dense():
 
 
 def test_longest_attention_call_per_model_layout():
-    from ditkit.attention.method import longest_attention
+    from ditkit.acceleration.attention.base import longest_attention
     from ditkit.models.video_dit import VideoDiT, video_dit_config
     assert longest_attention(_tiny_dit()) == 256                                     # 64x64 px / patch 4
     video = lambda layout, side: VideoDiT(video_dit_config("VideoDiT-T/8", layout=layout, depth=1, hidden_size=32,

@@ -3,12 +3,12 @@ import json
 
 import torch
 
-from ditkit import checkpoint as ckpt
-from ditkit.acceleration.bench_attention import attention_backends, capture_activations, parse_layout
-from ditkit.build import build_model
+from ditkit.bench.attention import attention_backends, capture_activations, parse_layout
 from ditkit.cli import main
+from ditkit.core import checkpoint as ckpt
+from ditkit.core.configs import TrainConfig
 from ditkit.models.attention import TokenLayout
-from ditkit.training.config import TrainConfig
+from ditkit.pipelines.build import build_model
 from ditkit.training.trainer import model_metadata
 
 
@@ -42,7 +42,8 @@ def test_activations_are_captured_from_a_trained_model_file(tmp_path):
 
 
 def _full3d_video_model_file(tmp_path):
-    from ditkit.training.video import VideoTrainConfig, build_video_model
+    from ditkit.core.configs import VideoTrainConfig
+    from ditkit.training.video import build_video_model
     cfg = VideoTrainConfig()
     cfg.model.layout, cfg.model.input_size, cfg.model.num_frames = "full3d", 16, 4
     model = build_video_model(cfg.model)
@@ -63,7 +64,7 @@ def test_activations_of_a_full3d_video_model_are_whole_sequences(tmp_path):
 
 
 def test_end_to_end_samples_a_video_model_file_dense_and_with_recipes(tmp_path):
-    from ditkit.acceleration.bench_attention import end_to_end
+    from ditkit.bench.attention import end_to_end
     path = _full3d_video_model_file(tmp_path)
     full = "sta:tile=2x2x2,window=2x4x4,min_tokens=16,full_steps=0"     # every tile: dense attention again
     sparse = "sta:tile=2x2x2,window=1x2x2,min_tokens=16,full_steps=0"

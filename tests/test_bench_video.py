@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from ditkit import checkpoint as ckpt
-from ditkit.acceleration.report import VIDEO_MARKERS
-from ditkit.acceleration.tasks import VideoTask
+from ditkit.bench.report import VIDEO_MARKERS
+from ditkit.bench.tasks import VideoTask
 from ditkit.cli import main
+from ditkit.core import checkpoint as ckpt
 from ditkit.training.trainer import model_metadata
 
 SPARSE = "topk:min_tokens=0,tile=2x2x2"
@@ -16,8 +16,8 @@ SPARSE = "topk:min_tokens=0,tile=2x2x2"
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory):
     """Full-3D VideoDiT-T/8, 4 frames of 32x32 (4 x 4 x 4 = 64 tokens), random outputs."""
+    from ditkit.core.configs import VideoTrainConfig
     from ditkit.models.video_dit import VideoDiT, video_dit_config
-    from ditkit.training.video import VideoTrainConfig
     cfg = VideoTrainConfig()
     cfg.data.num_frames = 4
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def test_calibrate_a_video_model(method, printed, video_file, tmp_path, capsys):
 def test_bad_bench_flags_are_named(argv, message, video_file, tmp_path, capsys):
     from acceleration_util import tiny_dit
 
-    from ditkit.training.config import TrainConfig
+    from ditkit.core.configs import TrainConfig
     image = tmp_path / "image.safetensors"
     model = tiny_dit()
     ckpt.save_weights(image, model.state_dict(), model_metadata(TrainConfig(), model, 0))

@@ -2,13 +2,13 @@
 import torch
 
 from ditkit import load
-from ditkit.config import from_dict
+from ditkit.core.config import from_dict
+from ditkit.core.configs import VideoTrainConfig
+from ditkit.core.metrics import psnr
 from ditkit.diffusion.masks import task_mask
 from ditkit.evaluation.evaluate import classifier_outputs
-from ditkit.evaluation.metrics import psnr
 from ditkit.evaluation.video import baseline_fill, heldout_clips
-from ditkit.training.video import VideoTrainConfig
-from ditkit.video_pipeline import VideoPipeline
+from ditkit.pipelines.video import VideoPipeline
 
 
 def test_mnist_dit_draws_the_digits_it_is_asked_for():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.checkpoint import CheckpointMismatchError
+from ditkit.core.checkpoint import CheckpointMismatchError
 from ditkit.models.dit import DiT, LabelEmbedder, dit_config, timestep_sinusoid
-from ditkit.models.official import load_official_checkpoint, read_official_state_dict, save_official
+from ditkit.models.interop.official import load_official_checkpoint, read_official_state_dict, save_official
 
 torch.set_num_threads(1)
 
@@ -258,7 +258,7 @@ def test_save_official_refuses_models_the_original_code_cannot_run(tmp_path):
 def test_pipeline_runs_an_official_checkpoint_with_a_vae(tmp_path):
     from diffusers import AutoencoderKL
 
-    from ditkit.pipeline import DiTPipeline
+    from ditkit.pipelines.image import DiTPipeline
 
     save_official(randomize(official_tiny()), tmp_path / "dit.pt")
     with pytest.raises(ValueError, match="pass autoencoder=.*--vae"):

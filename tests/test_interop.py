@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ditkit.models.diffusers_format import (diffusers_to_dit_state_dict, dit_to_diffusers_state_dict, from_diffusers,
-                                            save_diffusers, to_diffusers)
 from ditkit.models.dit import DiT, dit_config
+from ditkit.models.interop.diffusers_format import (diffusers_to_dit_state_dict, dit_to_diffusers_state_dict,
+                                                    from_diffusers, save_diffusers, to_diffusers)
 
 diffusers = pytest.importorskip("diffusers")
 torch.set_num_threads(1)

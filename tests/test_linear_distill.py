@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import ditkit
-from ditkit import checkpoint as ckpt
-from ditkit.build import build_model, build_process
+from ditkit.core import checkpoint as ckpt
+from ditkit.core.configs import TrainConfig
 from ditkit.models.attention import LinearAttention, TokenLayout, linear_attention
-from ditkit.training.config import TrainConfig
+from ditkit.pipelines.build import build_model, build_process
 from ditkit.training.distill_linear import build_student, distill, hybrid_losses
 from ditkit.training.trainer import model_metadata
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditkit.evaluation.metrics import (PSNR_CAP, frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr,
-                                      ssim)
+from ditkit.core.metrics import PSNR_CAP, frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr, ssim
 
 skm = pytest.importorskip("skimage.metrics")
 

@@ -5,15 +5,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ditkit.acceleration import Recipe
-from ditkit.acceleration.calibrate import calibrate, save_calibration
+from ditkit.acceleration.cache.calibration import save_calibration
 from ditkit.acceleration.counting import BlockCounter
+from ditkit.acceleration.recipes import Recipe
+from ditkit.bench.tasks import calibrate_on_task
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.models.attention import Attention, TokenLayout
 from ditkit.models.dit import Mlp, TimestepEmbedder
 from ditkit.models.stack import Branch, run_blocks
 from ditkit.models.video_dit import LAYOUTS, VideoDiT, video_dit_config
-from ditkit.video_pipeline import VideoPipeline
+from ditkit.pipelines.video import VideoPipeline
 
 STEPS = 6
 NEVER_SKIP = ["fora:interval=1", "firstblockcache:threshold=0", "teacache:threshold=0", "taylorseer:interval=1",
@@ -105,8 +106,8 @@ def test_video_detach_restores_the_model_exactly(video_pipe):
 def test_video_calibration_feeds_teacache_and_magcache(video_pipe, tmp_path):
     """``ditkit calibrate``'s fit on the video model's own predict task (held-out clips), used by the recipes."""
     kw = dict(num_sampling_steps=STEPS, cfg_scale=1.0)
-    mag = save_calibration(calibrate(video_pipe, "magcache", 2, **kw), tmp_path / "mag.json")
-    tea = save_calibration(calibrate(video_pipe, "teacache", 2, **kw), tmp_path / "tea.json")
+    mag = save_calibration(calibrate_on_task(video_pipe, "magcache", 2, **kw), tmp_path / "mag.json")
+    tea = save_calibration(calibrate_on_task(video_pipe, "teacache", 2, **kw), tmp_path / "tea.json")
     guidance = dict(cfg_scale=1.0, context_scale=1.0)
     ref, full = predict(video_pipe, "none", **guidance)
     out, n = predict(video_pipe, f"magcache:threshold=0,ratios={mag}", **guidance)
@@ -197,5 +198,29 @@ def test_a_plain_prenorm_model_takes_every_caching_method(spec):
         out, n = run(recipe)
     if spec in NEVER_SKIP:
         assert torch.equal(out, ref) and n == full == STEPS * 2 * 3
+    else:
+        assert n < full and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("spec", ["fora:interval=1", "toca:interval=1", "fora", "toca:ratio=0.3", "teacache:threshold=10"])
+def test_the_linear_attention_student_takes_caching_methods(spec):
+    """LiT (a DiT whose attention is ReLU linear attention with a depth-wise conv) implements the same contract."""
+    from acceleration_util import tiny_dit
+
+    from ditkit.diffusion.gaussian import GaussianDiffusion
+    from ditkit.pipelines.image import DiTPipeline
+    from ditkit.training.distill_linear import build_student
+    pipe = DiTPipeline(build_student(tiny_dit()).eval(), GaussianDiffusion.from_config("linear", 1000, True))
+
+    def gen(recipe):
+        pipe.set_recipe(recipe)
+        with BlockCounter(pipe.model) as counter:
+            out = pipe([1, 2], num_sampling_steps=STEPS, cfg_scale=2.0)
+        pipe.set_recipe(None)
+        return out, counter.blocks
+
+    (ref, full), (out, n) = gen(None), gen(spec)
+    if "interval=1" in spec:
+        assert torch.equal(out, ref) and n == full
     else:
         assert n < full and torch.isfinite(out).all()

@@ -7,11 +7,11 @@ import torch
 from acceleration_util import tiny_pipe
 from PIL import Image
 
-from ditkit.checkpoint import CheckpointMismatchError, save_weights
-from ditkit.config import load_config
+from ditkit.core.checkpoint import CheckpointMismatchError, save_weights
+from ditkit.core.config import load_config
+from ditkit.core.configs import TrainConfig
 from ditkit.diffusion.samplers import NoiseSource, sample
-from ditkit.pipeline import load
-from ditkit.training.config import TrainConfig
+from ditkit.pipelines.image import load
 from ditkit.training.trainer import model_metadata
 
 

@@ -7,15 +7,16 @@ import pytest
 import torch
 from acceleration_util import tiny_pipe
 
-from ditkit import checkpoint as ckpt
-from ditkit.acceleration import Recipe
-from ditkit.acceleration.bench import peak_tensor_memory
 from ditkit.acceleration.counting import BlockCounter
-from ditkit.quantization import W8A8Linear, WeightOnlyLinear, quantize_checkpoint, weight_bytes
-from ditkit.quantization.layers import BF16Linear
-from ditkit.quantization.qtensor import (dequantize_groups, dequantize_symmetric, fake_quantize_activation, pack_int4,
-                                         quantize_activation, quantize_weight_groups, quantize_weight_symmetric,
-                                         unpack_int4)
+from ditkit.acceleration.quant.export import weight_bytes
+from ditkit.acceleration.quant.layers import BF16Linear, W8A8Linear, WeightOnlyLinear
+from ditkit.acceleration.quant.qtensor import (dequantize_groups, dequantize_symmetric, fake_quantize_activation,
+                                               pack_int4, quantize_activation, quantize_weight_groups,
+                                               quantize_weight_symmetric, unpack_int4)
+from ditkit.acceleration.quantize import quantize_checkpoint
+from ditkit.acceleration.recipes import Recipe
+from ditkit.bench.harness import peak_tensor_memory
+from ditkit.core import checkpoint as ckpt
 
 KW = dict(class_labels=[1, 7, 3], num_sampling_steps=6, cfg_scale=4.0, seed=0)
 
@@ -160,8 +161,8 @@ def test_recipes_quantize_and_detach_restores_bitwise(pipe, reference, spec):
 
 
 def test_quantized_checkpoint_reloads_identically(pipe, tmp_path):
-    from ditkit.pipeline import load
-    from ditkit.training.config import TrainConfig
+    from ditkit.core.configs import TrainConfig
+    from ditkit.pipelines.image import load
     from ditkit.training.trainer import model_metadata
     cfg = TrainConfig()
     cfg.model.name = "DiT-T/8"
@@ -170,7 +171,7 @@ def test_quantized_checkpoint_reloads_identically(pipe, tmp_path):
     float_bytes = weight_bytes(pipe.model)
     for spec, ratio in (("w8a8:smooth=0.5,calibration_steps=4", 3.5), ("w8", 3.5), ("w4", 6.0)):
         out = tmp_path / f"{spec.split(':')[0]}.safetensors"
-        card = quantize_checkpoint(str(src), spec, out, calibration_samples=2, check=False)
+        card = quantize_checkpoint(load(src), spec, out, src, calibration_samples=2, check=False)
         assert card["weight_memory_ratio"] == round(float_bytes / card["weight_bytes"], 2) > ratio
         assert out.stat().st_size == card["file_bytes"] < src.stat().st_size / ratio * 1.05
         assert out.with_suffix(".json").is_file()
@@ -239,7 +240,7 @@ def test_calibrating_recipe_needs_a_pipeline(pipe):
 
 def test_quantize_command(pipe, tmp_path, capsys):
     from ditkit.cli import main
-    from ditkit.training.config import TrainConfig
+    from ditkit.core.configs import TrainConfig
     from ditkit.training.trainer import model_metadata
     cfg = TrainConfig()
     cfg.model.name = "DiT-T/8"
@@ -255,11 +256,11 @@ def test_quantize_command(pipe, tmp_path, capsys):
 
 
 def test_video_model_calibrates_quantizes_and_reloads(tmp_path):
-    pytest.importorskip("ditkit.video_pipeline")
-    from ditkit.cli import main
+    pytest.importorskip("ditkit.pipelines.video")
     from test_video_masks import save_tiny_model
 
-    from ditkit.video_pipeline import VideoPipeline
+    from ditkit.cli import main
+    from ditkit.pipelines.video import VideoPipeline
     src = save_tiny_model(tmp_path / "video.safetensors")
     out = tmp_path / "video-w8a8.safetensors"
     main(["quantize", "--model", str(src), "--recipe", "w8a8:smooth=0.5,float_layers=1,calibration_steps=3",

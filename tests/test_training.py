@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ditkit.checkpoint import load_weights
-from ditkit.config import load_config
+from ditkit.core.checkpoint import load_weights
+from ditkit.core.config import load_config
+from ditkit.core.configs import TrainConfig
 from ditkit.data.images import image_folder, mnist_split
-from ditkit.training.config import TrainConfig
 from ditkit.training.trainer import latest_checkpoint, lr_factor, train
 
 TINY = ["model.name=DiT-T/8", "train.global_batch_size=8", "train.warmup_steps=2", "train.log_every=1",
@@ -81,7 +81,7 @@ def test_flow_matching_objective_trains(tmp_path):
     cfg = tiny_cfg(tmp_path, "train.steps=2", "diffusion.objective=flow", "model.learn_sigma=false",
                    "diffusion.timestep_scale=1000")
     out = train(cfg, progress=False)
-    from ditkit.pipeline import load
+    from ditkit.pipelines.image import load
     pipe = load(out)
     img = pipe([3, 4], num_sampling_steps=2, sampler="euler", cfg_scale=2.0)
     assert img.shape == (2, 1, 32, 32) and torch.isfinite(img).all()
@@ -186,6 +186,6 @@ def test_bf16_autocast_and_sklearn_digits(tmp_path):
 
 
 def test_saved_weights_are_ordinary_readable_files(tmp_path):
-    from ditkit.checkpoint import save_weights
+    from ditkit.core.checkpoint import save_weights
     path = save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
     assert path.stat().st_mode & 0o777 == 0o644 and not list(tmp_path.glob(".*.tmp"))

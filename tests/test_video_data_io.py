@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_video_masks import save_tiny_model
 
 from ditkit.cli import main
+from ditkit.core.video_io import load_video, read_video, save_video, write_mp4
 from ditkit.data.video import MovingMNIST, VideoFolder
-from ditkit.video_io import load_video, read_video, save_video, write_mp4
-
-from test_video_masks import save_tiny_model
 
 pytest.importorskip("av")
 

@@ -3,15 +3,16 @@ baselines, the video trainer."""
 import pytest
 import torch
 
-from ditkit import checkpoint as ckpt
-from ditkit.config import load_config, to_dict
+from ditkit.core import checkpoint as ckpt
+from ditkit.core.config import load_config, to_dict
+from ditkit.core.configs import VideoTrainConfig
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.diffusion.gaussian import GaussianDiffusion
 from ditkit.diffusion.masks import TRAINING_MASKS, check_mask, given_frames, task_mask, training_masks
 from ditkit.evaluation.video import baseline_fill
 from ditkit.models.video_dit import VideoDiT, video_dit_config
-from ditkit.training.video import VideoTrainConfig, train_video
-from ditkit.video_pipeline import VideoPipeline, load_video_dit, video_condition
+from ditkit.pipelines.video import VideoPipeline, load_video_dit, video_condition
+from ditkit.training.video import train_video
 
 TINY_TRAIN = ["model.name=VideoDiT-T/8", "model.input_size=16", "model.num_frames=4", "data.image_size=16",
               "data.num_frames=4", "data.digit_size=12", "train.global_batch_size=2", "train.warmup_steps=1",

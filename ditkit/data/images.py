@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 HELDOUT_PER_CLASS = 100
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -74,7 +75,6 @@ def sklearn_digits(image_size: int = 16) -> ImageData:
 
 def image_folder(root: str | Path, image_size: int, channels: int = 3) -> ImageData:
     """Every image under root/<class>/ resized (bicubic, centre-cropped to square) to image_size."""
-    from PIL import Image, UnidentifiedImageError
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..video_io import VIDEO_SUFFIXES, read_video
+from ..core.video_io import VIDEO_SUFFIXES, read_video
 from .images import mnist_split
 
 

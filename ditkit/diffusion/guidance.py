@@ -11,15 +11,17 @@ given and the null label, and v_given the (label-guided) prediction with the giv
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from .flow import FlowMatching
 
-def noise_level(t: torch.Tensor, process) -> float:
-    """Network timestep -> noise level in [0, 1] (1 = pure noise), for guidance intervals."""
-    from .flow import FlowMatching
+
+def noise_level(t: float, process) -> float:
+    """Network timestep (a host number) -> noise level in [0, 1] (1 = pure noise), for guidance intervals."""
     if isinstance(process, FlowMatching):
-        return 1.0 - float(t.flatten()[0]) / process.timestep_scale
-    return float(t.flatten()[0]) / (len(process.betas) - 1)
+        return 1.0 - t / process.timestep_scale
+    return t / (len(process.betas) - 1)
 
 
 class GuidedModel:
@@ -34,6 +36,12 @@ class GuidedModel:
         self.cfg_scale, self.process, self.guide_channels = cfg_scale, process, guide_channels
         self.interval, self.batched = interval, batched
         self.branch_callback = branch_callback or (lambda branch: None)
+        self.t = None
+
+    def set_timestep(self, t: float) -> None:
+        """The host value of the next call's timestep (samplers report it), so the guidance interval is decided
+        without reading the device tensor (rounded to float32, the precision of the tensor the network gets)."""
+        self.t = float(np.float32(t))
 
     def _active(self, t: torch.Tensor) -> bool:
         if self.cfg_scale == 1.0:
@@ -41,7 +49,7 @@ class GuidedModel:
         if self.interval is None:
             return True
         lo, hi = self.interval
-        return lo <= noise_level(t, self.process) <= hi
+        return lo <= noise_level(float(t.flatten()[0]) if self.t is None else self.t, self.process) <= hi
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self._active(t):
@@ -70,6 +78,9 @@ class ContextGuidedModel:
     def __init__(self, given, free, scale: float, branch_callback=None):
         self.given, self.free, self.scale = given, free, scale
         self.branch_callback = branch_callback or (lambda branch: None)
+
+    def set_timestep(self, t: float) -> None:
+        self.given.set_timestep(t)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = self.given(x, t)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..core.configs import DEFAULT_MASK_WEIGHTS
+
 TASKS = ("uncond", "predict", "backward", "interpolate", "animate", "story", "complete")
 TRAINING_MASKS = ("uncond", "predict", "backward", "interpolate", "animate", "random", "complete")
-DEFAULT_WEIGHTS = {"uncond": 1.0, "predict": 2.0, "backward": 1.0, "interpolate": 2.0, "animate": 1.0, "random": 1.0,
-                   "complete": 2.0}
 
 
 def given_frames(task: str, num_frames: int, k: int | None = None, stride: int = 4) -> list[int]:
@@ -90,8 +90,9 @@ def _random_mask(kind: str, F: int, H: int, W: int, g: torch.Generator) -> torch
 
 def training_masks(n: int, num_frames: int, height: int, width: int, weights: dict[str, float] | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """[n, 1, F, H, W]: one mask per video, its type drawn from ``weights`` (default :data:`DEFAULT_WEIGHTS`)."""
-    weights = DEFAULT_WEIGHTS if weights is None else weights
+    """[n, 1, F, H, W]: one mask per video, its type drawn from ``weights`` (default: the training config's
+    mixture, :data:`~ditkit.core.configs.DEFAULT_MASK_WEIGHTS`)."""
+    weights = DEFAULT_MASK_WEIGHTS if weights is None else weights
     unknown = set(weights) - set(TRAINING_MASKS)
     if unknown or not any(w > 0 for w in weights.values()):
         raise ValueError(f"mask weights need positive values for some of {', '.join(TRAINING_MASKS)}; got {weights}")

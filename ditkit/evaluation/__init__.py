@@ -1,5 +1,3 @@
-"""Evaluation: PSNR / SSIM / Fréchet distance (metrics), ditkit's MNIST classifier (its features drive the Fréchet
-distance on MNIST; not FID) and ``ditkit eval`` (evaluate)."""
-from .metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr, ssim
-
-__all__ = ["frechet_distance", "frechet_distance_from_stats", "gaussian_stats", "psnr", "ssim"]
+"""Evaluation: ditkit's MNIST classifier (its features drive the Fréchet distance on MNIST; not FID), the scoring of
+class-conditional image models (:mod:`.evaluate`) and of video models on masked tasks (:mod:`.video`). It imports the
+layers up to :mod:`ditkit.training`."""

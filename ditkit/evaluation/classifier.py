@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import checkpoint as ckpt
+from ..core import checkpoint as ckpt
+from ..data.images import mnist_split
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS = ASSETS / "mnist-classifier.safetensors"
@@ -67,7 +68,6 @@ def train_classifier(epochs: int = 12, batch_size: int = 64, lr: float = 2e-3, m
                      seed: int = 0) -> MNISTClassifier:
     """Train on ``mnist_split('train')`` (4,000 digits) with AdamW, a one-cycle LR schedule and random shifts.
     Deterministic for a fixed seed and thread count; returns the model in eval mode."""
-    from ..data.images import mnist_split
     data = mnist_split("train")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -110,7 +110,6 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from ..data.images import mnist_split
     t0 = time.time()
     model = train_classifier(epochs=args.epochs, seed=args.seed)
     seconds = time.time() - t0

@@ -1,4 +1,4 @@
-"""Sample-quality evaluation of class-conditional MNIST models, and the ``ditkit eval`` command.
+"""Sample-quality evaluation of class-conditional MNIST models (what ``ditkit eval`` runs).
 
 Two metrics from ditkit's MNIST classifier (``ditkit/assets/mnist-classifier.safetensors``):
 
@@ -11,17 +11,16 @@ Two metrics from ditkit's MNIST classifier (``ditkit/assets/mnist-classifier.saf
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..core.metrics import frechet_distance_from_stats, gaussian_stats
+from ..core.visual import pyplot, save_figure
 from ..data.images import mnist_split
 from .classifier import load_classifier
-from .metrics import frechet_distance_from_stats, gaussian_stats
 
 METRIC_NAME = "Fréchet distance on ditkit's MNIST-classifier features"
 MNIST_SHAPE = (1, 32, 32)
@@ -162,7 +161,6 @@ def cfg_sweep(pipe, scales: Sequence[float], num_samples: int = 1000, **settings
 def plot_cfg_sweep(result: dict, path: str | Path) -> Path | None:
     """Fréchet distance (with the real-vs-real baseline) and class accuracy against the guidance scale; None when
     matplotlib is missing."""
-    from ..visual import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return None
@@ -192,80 +190,3 @@ def format_table(result: dict) -> str:
     lines = [f"{name:<{width}}  {value:>8}" for name, value in rows]
     lines.append("per-class accuracy: " + "  ".join(f"{c}: {a:.2f}" for c, a in result["per_class_accuracy"].items()))
     return "\n".join(lines)
-
-
-def run_image_eval(args) -> dict:
-    """``ditkit eval`` for class-conditional MNIST image models."""
-    from ..generate import sampling_kwargs
-    from ..pipeline import load
-    pipe = load(args.model, args.device)
-    result = evaluate_pipeline(pipe, args.num_samples, progress=not args.no_progress and os.isatty(2),
-                               **sampling_kwargs(args))
-    result = {"model": str(args.model), **result}
-    s = result["sampling"]
-    interval = f" at noise levels {list(s['guidance_interval'])}" if s["guidance_interval"] else ""
-    print(f"ditkit eval: {args.model}, {s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}{interval}, "
-          f"{result['num_samples']} samples in {result['seconds']:.1f} s")
-    print(format_table(result))
-    return result
-
-
-def run_cfg_sweep(args) -> dict:
-    """``ditkit eval --cfg-sweep``: the image evaluation at each guidance scale, a table and an optional plot."""
-    from ..generate import sampling_kwargs
-    from ..pipeline import load
-    try:
-        scales = [float(s) for s in args.cfg_sweep.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--cfg-sweep takes comma-separated guidance scales like 1.0,1.25,1.5, got {args.cfg_sweep!r}")
-    pipe = load(args.model, args.device)
-    result = {"model": str(args.model), **cfg_sweep(pipe, scales, args.num_samples, **sampling_kwargs(args))}
-    print(f"ditkit eval --cfg-sweep: {args.model}, {args.num_samples} samples per scale "
-          f"(baseline {result['sweep'][0]['frechet_distance_real_baseline']:.2f})")
-    print(f"{'cfg':>6}  {'accuracy':>8}  {'Fréchet':>8}")
-    for r in result["sweep"]:
-        print(f"{r['sampling']['cfg_scale']:>6g}  {r['class_accuracy']:>8.4f}  {r['frechet_distance']:>8.2f}")
-    print(f"lowest Fréchet distance at cfg {result['best_cfg_scale']:g}")
-    if args.plot:
-        result["plot"] = str(plot_cfg_sweep(result, args.plot) or "skipped (matplotlib missing)")
-        print(f"plot: {result['plot']}")
-    return result
-
-
-def run(args):
-    if args.cfg_sweep and args.task:
-        raise ValueError("--cfg-sweep evaluates image models; drop --task (or --cfg-sweep)")
-    if args.plot and not args.cfg_sweep:
-        raise ValueError(f"--plot {args.plot} draws a --cfg-sweep; add --cfg-sweep 1.0,1.25,1.5 (video --task "
-                         f"evaluations write their plots next to --json)")
-    if args.cfg_sweep:
-        result = run_cfg_sweep(args)
-    elif args.task:
-        from .video import run_video_eval
-        result = run_video_eval(args)
-    else:
-        result = run_image_eval(args)
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        print(f"wrote {path}")
-
-
-def register(sub):
-    from ..generate import add_sampling_args
-    from ..generate_video import add_context_scale_arg
-    p = sub.add_parser("eval", help="sample a model and score it (MNIST: classifier accuracy and Fréchet distance on "
-                                    "ditkit's MNIST-classifier features)")
-    add_sampling_args(p, default_cfg=EVAL_CFG_SCALE, default_interval=EVAL_GUIDANCE_INTERVAL)
-    p.add_argument("--num-samples", type=int, default=1000, help="class-balanced samples to generate (label i %% 10)")
-    p.add_argument("--json", help="also write all results to this JSON file")
-    p.add_argument("--task", choices=("predict", "interpolate", "complete", "story"),
-                   help="video models: score this masked task on held-out Moving MNIST against a baseline (PSNR/SSIM; "
-                        "story: label accuracy, guided by --cfg-scale)")
-    p.add_argument("--num-videos", type=int, default=200, help="--task: held-out clips to evaluate")
-    add_context_scale_arg(p)
-    p.add_argument("--cfg-sweep", help="image models: evaluate at each of these comma-separated guidance scales "
-                                       "(same seeds) and report the one with the lowest Fréchet distance")
-    p.add_argument("--plot", help="--cfg-sweep: write Fréchet distance and accuracy against the scale to this PNG")
-    p.set_defaults(fn=run)

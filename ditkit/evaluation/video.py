@@ -2,7 +2,7 @@
 
 Clips are drawn like the model's training data (canvas, frames, digits, speed) but from the 1,000 held-out MNIST
 digits only, without identity switches, from a fixed seed. The model sees no labels (null label), only the given
-frames / pixels. Each task is scored with PSNR and SSIM (:mod:`ditkit.evaluation.metrics`, full frames in [-1, 1])
+frames / pixels. Each task is scored with PSNR and SSIM (:mod:`ditkit.core.metrics`, full frames in [-1, 1])
 per generated frame (mean over clips) and on average over those frames, next to a model-free baseline:
 
 - predict (first half of the frames given): copy the last given frame;
@@ -19,15 +19,18 @@ PSNR of a frame reproduced exactly is +inf; per-clip values are capped at ``PSNR
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from ..config import from_dict
+from ..core.config import from_dict
+from ..core.configs import VideoTrainConfig
+from ..core.metrics import PSNR_CAP, psnr, ssim
+from ..core.visual import pyplot, save_figure, save_grid
+from ..data.video import MovingMNIST
 from ..diffusion.masks import task_mask
-from .metrics import PSNR_CAP, psnr, ssim
+from .classifier import load_classifier
 
 EVAL_TASKS = ("predict", "interpolate", "complete", "story")
 BASELINES = {"predict": "copy last given frame", "interpolate": "linear blend of the neighbouring given frames",
@@ -67,7 +70,6 @@ def _per_frame(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> tu
 
 def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out Moving MNIST clips shaped like the model's training data: [num_videos, 1, F, H, W], labels [N, F]."""
-    from ..data.video import MovingMNIST
     d = train_config.data
     if d.name != "moving-mnist":
         raise ValueError(f"video evaluation uses held-out Moving MNIST; this model was trained on {d.name!r} data")
@@ -79,7 +81,6 @@ def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0) -> tu
 @torch.no_grad()
 def read_digits(frames: torch.Tensor, digit_size: int) -> torch.Tensor:
     """Classes [M] read by ditkit's MNIST classifier from frames [M, 1, H, W] holding one digit each."""
-    from .classifier import load_classifier
     w = (frames[:, 0] + 1) / 2
     mass = w.sum(dim=(1, 2)).clamp(min=1e-6)
     H, W = w.shape[1:]
@@ -122,7 +123,6 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     """Score a VideoPipeline on ``task``; returns (result dict, tensors: truth, model, baseline, mask).
     ``cfg_scale`` and ``guidance_interval`` apply to 'story' only (the other tasks use no labels); ``context_scale``
     is the guidance towards the given frames (1 = none)."""
-    from ..training.video import VideoTrainConfig
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown video evaluation task {task!r}; valid: {', '.join(EVAL_TASKS)}")
     if num_videos < 1:
@@ -165,17 +165,16 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     return result, {"truth": truth, "model": pred, "baseline": base, "mask": mask}
 
 
-def _metric_keys(result: dict) -> list[str]:
+def metric_keys(result: dict) -> list[str]:
     return [k for k in ("psnr", "ssim", "label_accuracy") if k in result]
 
 
 def plot_per_frame(result: dict, path: str | Path) -> Path | None:
     """Each metric per generated frame, model vs baseline; None when matplotlib is missing."""
-    from ..visual import pyplot, save_figure
     plt = pyplot()
     if plt is None:
         return None
-    keys = _metric_keys(result)
+    keys = metric_keys(result)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(result["frames"], result[f"{key}_per_frame"], "o-", label="model")
@@ -195,31 +194,6 @@ def plot_per_frame(result: dict, path: str | Path) -> Path | None:
 
 def save_examples(tensors: dict, path: str | Path, num: int = 4) -> Path:
     """PNG grid: for each of the first ``num`` clips, rows truth / model / baseline (frames left to right)."""
-    from ..visual import save_grid
     rows = [tensors[k][i] for i in range(min(num, len(tensors["truth"]))) for k in ("truth", "model", "baseline")]
     frames = torch.cat([r.transpose(0, 1) for r in rows])                          # [rows*F, C, H, W]
     return save_grid(frames, path, nrow=rows[0].shape[1], upscale=3)
-
-
-def run_video_eval(args) -> dict:
-    """``ditkit eval --task ...`` for VideoDiT models: prints the table, writes the plot and example PNGs."""
-    from ..video_pipeline import VideoPipeline
-    pipe = VideoPipeline.from_pretrained(args.model, args.device)
-    result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
-                                     args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
-                                     tuple(args.guidance_interval) if args.guidance_interval else None,
-                                     args.context_scale)
-    stem = Path(args.json).with_suffix("") if args.json else Path("out") / f"eval-video-{args.task}"
-    plot = plot_per_frame(result, f"{stem}-per-frame.png")
-    result = {"model": str(args.model), **result, "plot": str(plot) if plot else None,
-              "examples": str(save_examples(tensors, f"{stem}-examples.png"))}
-    print(f"ditkit eval: {args.model}, {args.task} on {result['num_videos']} held-out clips, "
-          f"{result['sampling']['sampler']} {args.num_sampling_steps} steps, {result['sampling_seconds']:.1f} s")
-    keys = _metric_keys(result)
-    print(f"{'':10}" + "".join(f"{k:>16}" for k in keys))
-    for name, prefix in (("model", ""), ("baseline", "baseline_"), ("real", "real_")):
-        if prefix + keys[0] in result:
-            print(f"{name:10}" + "".join(f"{result[prefix + k]:>16.4f}" for k in keys))
-    print(f"baseline: {result['baseline']}")
-    print(f"plot: {result['plot'] or 'skipped (matplotlib missing)'}; examples: {result['examples']}")
-    return result

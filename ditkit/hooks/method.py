@@ -3,7 +3,8 @@ parameters (paper defaults), registered under a name with :func:`register`. A re
 (``"teacache:threshold=0.1+w8a8"``), a dict (``{"teacache": {"threshold": 0.1}}``), a list of
 ``{"name": ..., **params}`` dicts, or a .yaml file holding either. The life cycle, driven by a pipeline:
 
-    prepare(pipe)             before attaching: calibration on the float model's trajectories (quantization)
+    prepare(pipe)             before attaching: calibration on the float model's trajectories (quantization);
+                              the pipeline applies no recipe meanwhile
     attach(model)             once: take hook points (:class:`~ditkit.hooks.points.HookPoints`)
     reset(num_steps)          at the start of every generation (state never leaks between calls)
     begin_step(i, num_steps)  before the model evaluations of sampler step i

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..models.attention import HeadSplit
+
 KEY = "_ditkit_hooks"
 _ABSENT = object()
 
@@ -61,7 +63,6 @@ class HookPoints:
         self._compose(entry)
 
     def _compose(self, entry: dict) -> None:
-        from ..models.attention import HeadSplit
         attn, claims = entry["attn"], entry["claims"]
         taken = {h for _, heads, _ in claims for h in heads}
         rest = [h for h in range(attn.num_heads) if h not in taken]

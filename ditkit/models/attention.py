@@ -51,6 +51,12 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     return ((q @ kv) / (q @ z + eps)).to(dtype)
 
 
+def eager(fn):
+    """``fn`` itself; inside a ``torch.compile`` trace, ``fn`` kept out of the compiled graph (recipes' backends and
+    observers make Python-side decisions, so they run eagerly between compiled regions)."""
+    return torch.compiler.disable(fn) if torch.compiler.is_compiling() else fn
+
+
 class HeadSplit:
     """A backend that runs different backends on different heads: ``groups`` is [(head indices, backend)], covering
     every head exactly once (``None`` = dense SDPA). Each group is one call on its heads only."""
@@ -106,13 +112,13 @@ class Attention(torch.nn.Module):
         if rope is not None:
             q, k = rope(q), rope(k)
         if self.observer is not None:
-            self.observer(q, k)
+            eager(self.observer)(q, k)
         return q, k, v
 
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x, rope)
-        out = (self.backend or sdpa)(q, k, v, layout)
+        out = sdpa(q, k, v) if self.backend is None else eager(self.backend)(q, k, v, layout)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -133,7 +139,7 @@ class LinearAttention(Attention):
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x, rope)
-        out = self.backend(q, k, v, layout).transpose(1, 2).reshape(B, N, D)
+        out = eager(self.backend)(q, k, v, layout).transpose(1, 2).reshape(B, N, D)
         if self.dwconv is not None:
             if layout is None or layout.num_tokens != N:
                 raise ValueError(f"LinearAttention's depth-wise conv needs the token layout of the {N} tokens")

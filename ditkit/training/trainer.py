@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -19,13 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from .. import checkpoint as ckpt
-from ..build import build_model, build_process
-from ..config import to_dict
+from ..core import checkpoint as ckpt
+from ..core.config import to_dict
+from ..core.configs import TrainConfig
 from ..data.images import load_image_data
-from .config import TrainConfig
+from ..models.interop.autoencoder import Autoencoder
+from ..pipelines.build import build_model, build_process
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,7 +106,6 @@ def save_training_checkpoint(path: Path, cfg, model, ema, opt, sched, step: int)
     """A checkpoint folder written atomically: model.safetensors, ema.safetensors, state.pt (weights_only-loadable)."""
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
-        import shutil
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     meta = model_metadata(cfg, model, step)
@@ -117,7 +119,6 @@ def save_training_checkpoint(path: Path, cfg, model, ema, opt, sched, step: int)
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(state, tmp / "state.pt")
     if path.exists():
-        import shutil
         shutil.rmtree(path)
     os.replace(tmp, path)
 
@@ -172,7 +173,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         raise ValueError(f"dataset images have {data.images.shape[1]} channels but data.channels={cfg.data.channels}")
     autoencoder = None
     if cfg.model.autoencoder:
-        from ..autoencoder import Autoencoder
         autoencoder = Autoencoder(cfg.model.autoencoder, device)
         model_channels, model_size = autoencoder.latent_channels, cfg.data.image_size // autoencoder.downsample
     else:
@@ -228,7 +228,6 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
                 print(f"resumed from {path} at step {step}")
     train_model = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if rank == 0:

@@ -8,64 +8,17 @@ Everything else (EMA, warm-up, clipping, checkpoints, exact resume, DDP, randomn
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..build import build_process
+from ..core.configs import VideoDataSection, VideoModelSection, VideoTrainConfig
 from ..data.video import MovingMNIST, VideoFolder
-from ..diffusion.masks import DEFAULT_WEIGHTS, training_masks
+from ..diffusion.masks import training_masks
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
-from .config import DiffusionSection, TrainSection
+from ..pipelines.build import build_process
+from ..pipelines.image import load_dit
 from .trainer import _setup_distributed, batch_indices, resolve_device, run_training
-
-
-@dataclass
-class VideoModelSection:
-    name: str = "VideoDiT-T/4"       # VideoDiT-{T,M,S,B,L,XL}/{2,4,8}: DiT sizes
-    layout: str = "vdt"              # vdt | latte | full3d
-    input_size: int = 32
-    num_frames: int = 8
-    tubelet: int = 1
-    in_channels: int = 1
-    num_classes: int = 10
-    learn_sigma: bool = False
-    class_dropout_prob: float = 0.1
-    mask_channel: bool = True
-    init_from: str | None = None     # image DiT to inflate from: bundled name, .safetensors or results folder
-
-
-@dataclass
-class VideoDataSection:
-    name: str = "moving-mnist"       # moving-mnist | folder
-    path: str | None = None          # folder: root with video files (or one subfolder of them per class)
-    image_size: int = 32
-    num_frames: int = 8
-    channels: int = 1
-    num_digits: int = 1              # moving-mnist: digits per clip, their size (px), speed range (px / frame) and
-    digit_size: int = 16             # the probability that the lead digit changes class mid-clip
-    speed: list = field(default_factory=lambda: [1.0, 3.0])
-    switch_prob: float = 0.25
-    frame_stride: int = 1            # folder: keep every n-th frame
-
-
-@dataclass
-class VideoTrainConfig:
-    model: VideoModelSection = field(default_factory=VideoModelSection)
-    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
-    data: VideoDataSection = field(default_factory=VideoDataSection)
-    masks: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))   # mask type -> weight in the mixture
-    train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/moving-mnist-vdt"))
-
-
-def is_video_config(path: str | None) -> bool:
-    """Whether a config file describes a VideoDiT (its model.name starts with 'VideoDiT')."""
-    if path is None or not Path(path).is_file():
-        return False
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return str((data.get("model") or {}).get("name", "")).startswith("VideoDiT")
 
 
 def load_video_data(section: VideoDataSection, split: str = "train", seed: int = 0):
@@ -88,7 +41,6 @@ def build_video_model(section: VideoModelSection) -> VideoDiT:
                                       learn_sigma=section.learn_sigma, class_dropout_prob=section.class_dropout_prob,
                                       mask_channel=section.mask_channel))
     if section.init_from:
-        from ..pipeline import load_dit
         inflate_from_dit(model, load_dit(section.init_from)[0])
     return model
 

@@ -1,0 +1,74 @@
+"""DiTFastAttn-style window attention with residual sharing (WA-RS; Yuan et al., NeurIPS 2024), training-free.
+
+On a *full* step a layer computes full attention O and its local-window attention W and stores R = O - W; on the
+following steps it computes only the window attention and outputs W + R, R reused from the last full step. The
+window is a sliding tile window (1D/2D/3D, as :mod:`ditkit.acceleration.attention.sta`). Full steps are the first
+``warmup`` steps and every ``refresh``-th step (0, 4, 8, ... by default; DiTFastAttn chooses them per layer by
+calibration, a fixed schedule here). Residuals are kept per (layer, CFG branch) and dropped at every reset; a
+shape change forces a full step.
+
+    pipe.set_recipe("fastattn:density=0.25,refresh=4")
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ...hooks.method import register
+from ...models.attention import TokenLayout, sdpa
+from .base import AttentionMethod
+from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
+
+
+@register
+@dataclasses.dataclass
+class WindowResidualAttention(AttentionMethod):
+    name = "fastattn"
+    tile: str = "auto"
+    window: str = "auto"
+    density: float = 0.25
+    warmup: int = 1
+    refresh: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._tile, self._windows = parse_tile(self.tile), parse_windows(self.window)
+        if not 0 < self.density <= 1:
+            raise ValueError(f"fastattn: density={self.density!r} is not valid: expected a fraction in (0, 1]")
+        if self.refresh < 1 or self.warmup < 0:
+            raise ValueError(f"fastattn: refresh={self.refresh!r}, warmup={self.warmup!r} are not valid: expected "
+                             f"refresh >= 1 (steps between full steps) and warmup >= 0")
+        self.residuals = {}
+
+    def reset(self, num_steps: int) -> None:
+        super().reset(num_steps)
+        self.residuals = {}
+
+    def window_attention(self, q, k, v, layout):
+        return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density)
+
+    def full_step(self) -> bool:
+        return self.step < self.warmup or self.step % self.refresh == 0
+
+    def prime(self, key, q, k, v, layout):
+        """Full attention; stores the residual under ``key`` and returns the full output."""
+        full = sdpa(q, k, v)
+        self.residuals[key] = full - self.window_attention(q, k, v, layout)
+        return full
+
+    def kernel(self, q, k, v, layout, key="bench"):
+        """Window attention plus the stored residual (a WA-RS step)."""
+        return self.window_attention(q, k, v, layout) + self.residuals[key]
+
+    def layout_density(self, layout: TokenLayout) -> float:
+        return sta_density(layout, self._tile, self._windows, self.density)
+
+    def make_backend(self, layer: int, num_layers: int):
+        def backend(q, k, v, layout):
+            if q.shape[2] < self.min_tokens:
+                return sdpa(q, k, v)
+            key = (layer, self.branch)
+            r = self.residuals.get(key)
+            if self.full_step() or r is None or r.shape != q.shape:
+                return self.prime(key, q, k, v, layout)
+            return self.kernel(q, k, v, layout, key)
+        return backend

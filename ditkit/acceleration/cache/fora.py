@@ -1,0 +1,28 @@
+"""FORA (Selvaraju et al., 2024; prathebaselva/FORA): static-interval reuse of every block's attention and MLP
+outputs, re-applied with the current step's gates.
+
+Schedule as in the reference code, which counts steps down from N-1 to 0: step i refreshes when it is the first one
+or N-1-i is a multiple of ``interval`` (interval 3 at 50 steps: 18 full steps, 2.8x fewer block evaluations). All
+network calls of a refresh step compute (Heun's two calls too)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from ...hooks.method import register
+from .base import ModuleCacheMethod
+
+
+@register
+@dataclasses.dataclass
+class FORA(ModuleCacheMethod):
+    name: ClassVar[str] = "fora"
+    interval: int = 3
+
+    def __post_init__(self):
+        if self.interval < 1:
+            raise ValueError(f"fora: interval must be >= 1, got {self.interval}")
+        super().__post_init__()
+
+    def is_full(self, state) -> bool:
+        return self.step == 0 or (self.num_steps - 1 - self.step) % self.interval == 0

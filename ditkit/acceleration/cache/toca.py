@@ -1,0 +1,105 @@
+"""ToCa, token-wise caching (Zou et al., ICLR 2025; Shenyi-Z/ToCa): between full steps every attention output is
+reused and each MLP refreshes only its top-scoring tokens, scattering them back into the cache.
+
+Score of a token = how much attention it received at the last full step (column sum of the attention map, mean
+over heads, normalised by its max) + 0.25 x (steps since its last refresh) / interval; the best token of every 2x2
+cell of the token grid then gets a bonus of 0.6 x max score. The refreshed fraction is
+rho = ratio * f_step * f_layer * 2.5 (MLP factor; attention's is 0), f_step = 1 + w_s - 2 w_s s / N,
+f_layer = 1 + w_l - 2 w_l l / (L - 1), clamped to [0, 1]. Defaults: the reference's DiT DDIM-50 setting
+(interval 3, ratio 0.07, w_s 2.0, w_l -0.2). Scores need explicit attention probabilities: on full steps they are
+computed next to the model's attention backend (an extra n x n product per attention call, counted in FLOPs), from
+the block's last attention branch (a VDT block: its spatial attention, after the temporal one), mapped back to token
+order; the cell bonus applies per frame. Only token-wise branches (MLPs) refresh tokens; attention
+branches are reused whole."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ...hooks.method import register
+from ...hooks.points import HookPoints
+from ...models.attention import Attention
+from ...models.stack import attention_to_tokens
+from .base import ModuleCacheMethod
+
+MLP_FACTOR, STALENESS_WEIGHT, CELL_BONUS = 2.5, 0.25, 0.6
+
+
+@register
+@dataclasses.dataclass
+class ToCa(ModuleCacheMethod):
+    name: ClassVar[str] = "toca"
+    interval: int = 3
+    ratio: float = 0.07
+    step_weight: float = 2.0
+    layer_weight: float = -0.2
+
+    def __post_init__(self):
+        if self.interval < 1 or not 0 <= self.ratio <= 1:
+            raise ValueError(f"toca: need interval >= 1 and 0 <= ratio <= 1, got interval={self.interval}, "
+                             f"ratio={self.ratio}")
+        super().__post_init__()
+
+    def is_full(self, state) -> bool:
+        return self.step % self.interval == 0
+
+    def attach(self, model) -> None:
+        super().attach(model)
+        points = HookPoints.of(model)
+        for i, attn in enumerate(m for m in model.modules() if isinstance(m, Attention)):
+            points.set(f"attention.{i}.observer", self, attn, "observer", self._observe)
+        self._scoring = None
+
+    def _observe(self, q, k):
+        """Attention observer: on a scoring branch, record the attention each token received, [N, T]."""
+        if self._scoring is None:
+            return
+        state, i, branch = self._scoring
+        probs = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)    # [B', heads, n, n]
+        received = attention_to_tokens(probs.sum(dim=2).mean(dim=1), branch.axis, self.layout)
+        state.cache[i, "score"] = received / received.amax(dim=1, keepdim=True)
+
+    def compute(self, state, i, branch, x):
+        """Compute the branch; an attention branch also records the token scores of block i."""
+        if self.interval == 1 or branch.attention is None:
+            return branch(x)
+        self._scoring = (state, i, branch)
+        try:
+            return branch(x)
+        finally:
+            self._scoring = None
+
+    def computed(self, state, key, out):
+        state.cache[key] = out
+        state.cache[key, "refreshed"] = torch.full(out.shape[:2], self.step, dtype=torch.float32, device=out.device)
+
+    def _fraction(self, layer: int) -> float:
+        depth = max(len(self.model.stack_blocks) - 1, 1)
+        f_step = 1 + self.step_weight - 2 * self.step_weight * self.step / self.num_steps
+        f_layer = 1 + self.layer_weight - 2 * self.layer_weight * layer / depth
+        return min(max(self.ratio * f_step * f_layer * MLP_FACTOR, 0.0), 1.0)
+
+    def _select(self, state, key, k: int) -> torch.Tensor:
+        """Indices [N, k] of the tokens to refresh."""
+        staleness = (self.step - state.cache[key, "refreshed"]) / self.interval
+        score = state.cache[key[0], "score"] + STALENESS_WEIGHT * staleness
+        n, (frames, h, w) = score.shape[0], self.layout.shape
+        _, best = F.max_pool2d(score.view(n * frames, 1, h, w), 2, ceil_mode=True, return_indices=True)
+        best = (best.view(n, frames, -1) + h * w * torch.arange(frames, device=best.device).view(1, -1, 1)).flatten(1)
+        score = score.scatter_add(1, best, CELL_BONUS * score.amax(1, keepdim=True).expand_as(best))
+        return score.topk(k, dim=1).indices
+
+    def reuse(self, state, key, branch, x):
+        cached = state.cache[key]
+        k = int(self._fraction(key[0]) * x.shape[1])
+        if not branch.token_wise or k == 0 or (key[0], "score") not in state.cache:
+            return cached
+        idx = self._select(state, key, k)
+        gather = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        cached = cached.scatter(1, gather, branch.compute(branch.prepare(x).gather(1, gather)))
+        state.cache[key] = cached
+        state.cache[key, "refreshed"].scatter_(1, idx, float(self.step))
+        return cached

@@ -1,0 +1,96 @@
+"""Flag helpers shared by the commands: the sampling flags (DiT names, diffusers names as aliases), the video
+context-guidance flag and the bench-task flags, with what turns them into a pipeline, its keyword arguments or a
+bench task."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
+from ..diffusion.masks import TASKS
+from ..pipelines.base import is_video_model
+from ..pipelines.image import DiTPipeline
+
+VIDEO_FLAGS = {"task": "--task", "canvas": "--canvas", "num_frames": "--num-frames", "label": "--label",
+               "given_frames": "--given-frames", "stride": "--stride"}
+
+
+def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, default_interval=None):
+    """Flags shared by generate, eval and bench (DiT names; diffusers names as aliases)."""
+    p.add_argument("--model", default="mnist-dit",
+                   help="bundled model name, .safetensors file, results folder, or an official DiT .pt checkpoint")
+    p.add_argument("--model-name", default="DiT-XL/2", help="architecture of an official .pt checkpoint")
+    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent models, e.g. sd-vae-ft-ema)")
+    p.add_argument("--num-sampling-steps", "--num-inference-steps", dest="num_sampling_steps", type=int,
+                   default=default_steps)
+    p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++2m (DDPM models); euler | heun (flow models)")
+    p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=float, default=default_cfg)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   default=list(default_interval) if default_interval else None,
+                   help="apply guidance only at noise levels in [LOW, HIGH] (1 = pure noise; 0 1 = everywhere)"
+                        + (f"; default {default_interval[0]:g} {default_interval[1]:g}" if default_interval else ""))
+    p.add_argument("--dit-cfg", action="store_true", help="guide only the first 3 channels, as the original DiT")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: all at once)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
+                seed=args.seed, eta=args.eta, guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                guide_channels=3 if args.dit_cfg else None, batch_size=args.batch_size)
+
+
+def load_pipeline(args) -> DiTPipeline:
+    """The image pipeline of ``--model`` (with ``--vae`` and ``--model-name`` for official checkpoints)."""
+    return DiTPipeline.from_pretrained(args.model, args.device, autoencoder=args.vae, model_name=args.model_name)
+
+
+def add_context_scale_arg(p):
+    p.add_argument("--context-scale", type=float, default=1.0,
+                   help="video: guidance towards the given frames, v_free + s (v_given - v_free) with v_free the "
+                        "prediction with nothing given (1 = off; costs one more network call per step)")
+
+
+def add_task_args(p):
+    """The task flags of ``ditkit bench`` and ``ditkit calibrate`` (names as ``ditkit generate-video``'s); sampler
+    and CFG scale default by model kind: image ddim / 4, video the model's default sampler / 1."""
+    p.set_defaults(sampler=None, cfg_scale=None)
+    add_context_scale_arg(p)
+    p.add_argument("--task", choices=TASKS, help="video models: the VDT task on held-out Moving MNIST clips "
+                                                 "(default predict: the first half of the frames given)")
+    p.add_argument("--label", type=int, help="video models: class of every video (default: none, the null label)")
+    p.add_argument("--given-frames", type=int, help="video predict/backward: number of given frames (default half)")
+    p.add_argument("--stride", type=int, help="video interpolate: every n-th frame is given (and the last) [4]")
+    p.add_argument("--canvas", type=int, help="video models: frame side in pixels, the model rebuilt for it (default: "
+                                              "its training size; a multiple of the patch size)")
+    p.add_argument("--num-frames", type=int, help="video models: frames per video (default: the model's window)")
+
+
+def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | VideoTask]:
+    """(pipeline, task) from the flags of :func:`add_task_args` and :func:`add_sampling_args`: a VideoPipeline
+    (rebuilt for ``--canvas`` / ``--num-frames``) for a video model, else :func:`load_pipeline`."""
+    sampling = sampling_kwargs(args)
+    sampling.pop("seed")
+    if not is_video_model(args.model):
+        for dest, flag in VIDEO_FLAGS.items():
+            if getattr(args, dest) is not None:
+                raise ValueError(f"{flag} {getattr(args, dest)} applies to video models; {args.model} is an image "
+                                 f"model: drop {flag}")
+        if args.context_scale != 1.0:
+            raise ValueError(f"--context-scale {args.context_scale} applies to video models; {args.model} is an "
+                             f"image model: drop --context-scale")
+        pipe = load_pipeline(args)
+        sampling.update(sampler=args.sampler or "ddim", cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale)
+        return pipe, default_task(pipe, num_samples, seed, sampling)
+    if args.dit_cfg:
+        raise ValueError("--dit-cfg guides the first 3 channels of an image DiT; video models take no --dit-cfg")
+    pipe, native = video_pipeline_on_canvas(args.model, args.device, args.canvas, args.num_frames)
+    if args.task == "story" and args.label is not None:
+        raise ValueError("task 'story' follows each clip's own per-frame labels: drop --label")
+    sampling.pop("guide_channels")
+    sampling.update(sampler=args.sampler or pipe.default_sampler,
+                    cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale, context_scale=args.context_scale)
+    return pipe, video_task(pipe, num_samples, seed, sampling, args.task or "predict", args.label, args.given_frames,
+                            4 if args.stride is None else args.stride, native)

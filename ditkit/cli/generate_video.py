@@ -1,0 +1,118 @@
+"""``ditkit generate-video``: conditional video generation by masking (VDT tasks) written as GIF, MP4 and a
+frame-strip PNG (given frames framed in green, partly given in orange).
+
+    ditkit generate-video --model moving-mnist-vdt --task predict --context clip.gif --out out/predict.gif
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..core.config import from_dict
+from ..core.configs import VideoTrainConfig
+from ..core.video_io import load_video, resize_frames, save_video
+from ..diffusion.masks import TASKS
+from ..evaluation.video import heldout_clips
+from ..pipelines.video import VideoPipeline, video_condition
+from .flags import add_context_scale_arg, add_sampling_args
+
+
+def load_mask(path: str | Path) -> torch.Tensor:
+    """A user mask, 1 = generate: .npy [F, H, W] or [H, W] (0/1 or booleans), or a PNG (white = generate)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        return torch.from_numpy(np.load(path).astype(np.float32))
+    return torch.from_numpy((np.asarray(Image.open(path).convert("L")) > 127).astype(np.float32))
+
+
+def frame_labels(args, num_frames: int) -> torch.Tensor | None:
+    """[1] or [1, F] labels from --label / --frame-labels (a single --frame-labels value applies to every frame)."""
+    if args.task == "story" and not args.frame_labels:
+        raise ValueError("task 'story' needs --frame-labels: one class per frame (the label sequence to follow)")
+    if args.frame_labels:
+        labels = args.frame_labels * num_frames if len(args.frame_labels) == 1 else args.frame_labels
+        if len(labels) != num_frames:
+            raise ValueError(f"--frame-labels needs 1 or {num_frames} values (one per frame), got {len(labels)}")
+        return torch.tensor([labels])
+    return None if args.label is None else torch.tensor([args.label])
+
+
+def load_context(spec: str, pipe) -> torch.Tensor:
+    """A context file, or 'heldout:I' = clip I of the held-out Moving MNIST evaluation set -> [C, F, H, W]."""
+    if spec.startswith("heldout:"):
+        index = spec.split(":", 1)[1]
+        if not index.isdigit():
+            raise ValueError(f"--context {spec}: expected heldout:I with a clip number I >= 0")
+        clips = heldout_clips(from_dict(VideoTrainConfig, pipe.metadata["train_config"]), int(index) + 1)[0]
+        return clips[int(index)]
+    return load_video(spec, pipe.frame_shape[0])
+
+
+def run(args):
+    pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
+    F = args.num_frames or pipe.num_frames
+    if F < 2:
+        raise ValueError(f"--num-frames must be at least 2, got {F}")
+    context = None if args.context is None else load_context(args.context, pipe)
+    if context is not None and args.resize:
+        context = resize_frames(context, pipe.frame_shape[1:])
+    if args.task == "uncond" and context is not None:
+        raise ValueError("task 'uncond' takes no --context")
+    window = min(F, pipe.num_frames)
+    if F > window and args.task not in ("predict", "animate", "story", "uncond"):
+        raise ValueError(f"videos longer than the model's {window} frames are continued autoregressively, which "
+                         f"applies to predict, animate, story and uncond; use --num-frames <= {window} for {args.task}")
+    mask = None if args.mask is None else load_mask(args.mask)
+    context, mask = video_condition(args.task, context, window, pipe.frame_shape, args.given_frames, args.stride, mask)
+    labels = frame_labels(args, F)
+    if args.cfg_scale != 1.0 and labels is None:
+        raise ValueError("classifier-free guidance needs labels: pass --label or --frame-labels, or --cfg-scale 1")
+    t0 = time.time()
+    kwargs = dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
+                  context_scale=args.context_scale, eta=args.eta, progress=not args.no_progress and os.isatty(2))
+    first = labels[:, :window] if labels is not None and labels.dim() == 2 else labels
+    video = pipe(context[None], mask, first, seed=args.seed, **kwargs)
+    if F > window:
+        video = pipe.extend(video, F, labels, seed=args.seed, **kwargs)
+        mask = torch.cat([mask, torch.ones(F - window, *mask.shape[1:])])
+    paths = save_video(video[0], args.out, mask, args.fps, args.upscale)
+    given = [f for f in range(F) if not mask[f].any()]
+    print(f"wrote {', '.join(map(str, paths))} ({args.task}: {F} frames, given frames {given or 'none'}, "
+          f"{args.num_sampling_steps} {args.sampler or pipe.default_sampler} steps) in {time.time() - t0:.1f} s")
+
+
+def register(sub):
+    g = sub.add_parser("generate-video", help="generate a video by masking: predict, backward, interpolate, animate, "
+                                              "complete, story or uncond; writes GIF, MP4 and a frame-strip PNG")
+    add_sampling_args(g)
+    g.set_defaults(model="moving-mnist-vdt", sampler=None, cfg_scale=1.0)
+    add_context_scale_arg(g)
+    g.add_argument("--task", choices=TASKS, required=True,
+                   help="predict: first frames given; backward: last frames; interpolate: every --stride-th frame and "
+                        "the last; animate: first frame; story: first frame + --frame-labels; complete: a centred "
+                        "box (or --mask) is generated in every frame; uncond: nothing given")
+    g.add_argument("--context", help="known frames: .gif/.mp4/... video, .png/.jpg frame or .npy [F, H, W(, C)], a "
+                                     "full-length video or just the given frames in order; 'heldout:I' = clip I of "
+                                     "the held-out Moving MNIST evaluation set")
+    g.add_argument("--resize", action="store_true", help="resize context frames to the model's frame size")
+    g.add_argument("--num-frames", type=int, help="frames to generate (default: the model's window; longer videos "
+                                                  "are continued window by window with half-window overlap)")
+    g.add_argument("--given-frames", type=int, help="predict/backward: number of given frames (default: the "
+                                                    "context's frame count, or half for a full-length context)")
+    g.add_argument("--stride", type=int, default=4, help="interpolate: every n-th frame is given (and the last)")
+    g.add_argument("--mask", help="a custom mask, 1/white = generate: .npy [F, H, W] or [H, W], or .png")
+    g.add_argument("--label", type=int, help="class of the whole video")
+    g.add_argument("--frame-labels", type=int, nargs="+", help="one class per frame (story); 1 value = every frame")
+    g.add_argument("--out", default="out/video.gif", help="output path; .gif, .mp4 and .png are written side by side")
+    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1, fora:interval=3+w8a8 or "
+                                    "taylorseer+topk (a .yaml file works too)")
+    g.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling of the written frames")
+    g.set_defaults(fn=run)

@@ -1,0 +1,35 @@
+"""``ditkit train --config FILE [--set key=value ...] [--resume auto|PATH]``."""
+from __future__ import annotations
+
+import time
+
+import yaml
+
+from ..core.config import load_config, to_dict
+from ..core.configs import TrainConfig, VideoTrainConfig, is_video_config
+from ..training.trainer import train
+from ..training.video import train_video
+
+
+def run(args):
+    video = is_video_config(args.config)
+    cfg = load_config(VideoTrainConfig if video else TrainConfig, args.config, args.set)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return
+    t0 = time.time()
+    out = (train_video if video else train)(cfg, resume=args.resume, progress=False if args.no_progress else None,
+                                            max_steps=args.max_steps)
+    print(f"wrote {out} ({time.time() - t0:.1f} s)")
+
+
+def register(sub):
+    t = sub.add_parser("train", help="train a DiT (or a VideoDiT: model.name VideoDiT-...) from a config file")
+    t.add_argument("--config", required=True, help="YAML config (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    t.add_argument("--resume", metavar="auto|PATH", help="resume from the latest checkpoint (auto) or a checkpoint folder")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps without changing the LR schedule")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=run)

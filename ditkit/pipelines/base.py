@@ -1,0 +1,137 @@
+"""What the image and video pipelines share: finding a model file (bundled name, file or results folder), loading a
+ditkit model file (float or quantized), rebuilding a trained model for another canvas, and the :class:`Pipeline`
+base class with its one denoising core."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..acceleration.quant.export import build_quantized
+from ..acceleration.recipes import Recipe
+from ..core import checkpoint as ckpt
+from ..diffusion.flow import FlowMatching
+from ..diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
+from ..models.attention import TokenLayout
+from ..models.dit import DiT, DiTConfig
+from ..models.video_dit import VideoDiT, VideoDiTConfig
+
+ASSETS = Path(__file__).parent.parent / "assets"
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.stem for p in ASSETS.glob("*.safetensors") if (ASSETS / f"{p.stem}.json").is_file()
+                  and not p.stem.endswith("classifier"))
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A bundled model name (e.g. 'mnist-dit'), a .safetensors file, or a training results folder."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        return p / "model.safetensors"
+    if p.is_file():
+        return p
+    if (ASSETS / f"{name_or_path}.safetensors").is_file():
+        return ASSETS / f"{name_or_path}.safetensors"
+    raise FileNotFoundError(f"no model {name_or_path!r}: not a file, a results folder with model.safetensors, nor a "
+                            f"bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
+
+
+def is_video_model(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` (bundled name, file, results folder) is a ditkit VideoDiT file."""
+    try:
+        path = resolve_model_path(name_or_path)
+    except FileNotFoundError:
+        return False
+    return path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") == VideoDiT.format_name
+
+
+def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu", hint: str = "") -> tuple:
+    """A ditkit safetensors file of ``model_cls`` (float or quantized) -> (model in eval mode, metadata);
+    a file of another kind is an error naming its format, followed by ``hint``."""
+    meta = ckpt.read_metadata(path)
+    if meta.get("format") != model_cls.format_name:
+        raise ValueError(f"{path} is not a ditkit {model_cls.__name__} file (metadata format {meta.get('format')!r}); "
+                         f"{hint}")
+    build = lambda: model_cls(config_cls(**meta["dit_config"]))
+    if meta.get("quantization"):                # int8/int4 layers, never materialising the float weights
+        model = build_quantized(build, meta["quantization"])
+    else:
+        model = build()
+    ckpt.load_state_dict_strict(model, ckpt.load_weights(path), str(path), optional=("pos_embed",))
+    return model.to(device).eval(), meta
+
+
+def model_on_canvas(name: str, layout: TokenLayout):
+    """A trained model (bundled name or file) rebuilt for ``layout`` (frames x token grid; pos_embed recomputed for
+    the canvas); returns (model, 'video' | 'image', file metadata), or None if there is no such model."""
+    try:
+        path = resolve_model_path(name)
+    except FileNotFoundError:
+        return None
+    meta = ckpt.read_metadata(path)
+    cfg = dict(meta["dit_config"])
+    p = cfg["patch_size"]
+    cfg["input_size"] = [layout.height * p, layout.width * p]
+    if "num_frames" in cfg:
+        cfg["num_frames"] = layout.frames * cfg.get("tubelet", 1)
+        model, kind = VideoDiT(VideoDiTConfig(**cfg)), "video"
+    else:
+        model, kind = DiT(DiTConfig(**cfg)), "image"
+    weights = {k: v for k, v in ckpt.load_weights(path).items() if k != "pos_embed"}    # sin-cos, per canvas
+    ckpt.load_state_dict_strict(model, weights, str(path), optional=("pos_embed",))
+    return model.eval(), kind, meta
+
+
+class Pipeline:
+    """What the image and video pipelines share: a model implementing the block-stack contract, its diffusion
+    process, the acceleration recipe applied to it, and one denoising core (:meth:`denoise`)."""
+
+    def __init__(self, model, process, autoencoder=None, metadata: dict | None = None):
+        self.model, self.process, self.autoencoder = model, process, autoencoder
+        self.metadata = metadata or {}
+        self.recipe = Recipe()
+
+    def set_recipe(self, recipe=None) -> "Pipeline":
+        """Apply an acceleration recipe (string, dict, list or Recipe) to every later call; None removes it. The
+        recipe's ``prepare`` (calibration on the float model's trajectories: quantization) generates with no recipe
+        applied."""
+        self.recipe.detach(self.model)
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        self.recipe = Recipe()
+        recipe.prepare(self)
+        recipe.attach(self.model)
+        self.recipe = recipe
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    @property
+    def default_sampler(self) -> str:
+        return FLOW_SAMPLERS[0] if isinstance(self.process, FlowMatching) else "ddim"
+
+    def denoise(self, model_fn, noise: NoiseSource, sample_shape: tuple[int, ...], num_sampling_steps: int,
+                sampler: str, eta: float = 0.0, progress: bool = False, step_callback=None,
+                clip_denoised: bool = False) -> torch.Tensor:
+        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)`` (already guided), with the recipe told
+        the generation, every step and every call's timestep."""
+        self.recipe.reset(num_sampling_steps)
+        return sample(model_fn, noise.randn(*sample_shape), self.process, sampler, num_sampling_steps, noise, eta=eta,
+                      progress=progress, step_callback=self._step_callback(step_callback), clip_denoised=clip_denoised,
+                      timestep_callback=self.recipe.set_timestep if self.recipe else None)
+
+    def _step_callback(self, user_callback):
+        if not self.recipe and user_callback is None:
+            return None
+
+        def callback(step: int, num_steps: int):
+            self.recipe.begin_step(step, num_steps)
+            if user_callback is not None:
+                user_callback(step, num_steps)
+        return callback
