@@ -18,6 +18,7 @@ video model at its native size and on a larger canvas), whose report then covers
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from ..acceleration.quant.base import QuantMethod
 from ..acceleration.recipes import BUILTIN_METHOD_MODULES, REGISTRY, Recipe, parse_recipe
 from ..core.metrics import PSNR_CAP
 from ..core.visual import pyplot, save_figure
+from ..models.compile import compile_blocks
 from .tasks import calibrate_on_task
 
 NEVER_SKIPS = "fora:interval=1"                          # a recipe that never skips: the hooks' per-step overhead
@@ -128,6 +130,16 @@ class Entry:
 
 def ditkit_entry(pipe, spec, display: str) -> Entry:
     return Entry(display, "ditkit", pipe, lambda: BlockCounter(pipe.model), Recipe(spec))
+
+
+def compiled_entries(pipe, resolved: list[tuple]) -> list[Entry]:
+    """The recipes ``resolved`` ([(spec, display)]) on a twin of ``pipe`` whose model copy has its block stack
+    compiled (:func:`~ditkit.models.compile.compile_blocks`), as rows with impl "ditkit+compile"; the first, untimed
+    pass of each row compiles."""
+    twin = copy.copy(pipe)
+    twin.model, twin.recipe = compile_blocks(copy.deepcopy(pipe.model)), Recipe()
+    return [Entry(shown, "ditkit+compile", twin, lambda: BlockCounter(twin.model), Recipe(spec))
+            for spec, shown in resolved]
 
 
 def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, out_dir: Path):
@@ -239,7 +251,7 @@ def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
     if plt is None:
         raise ImportError("the speed x quality plot needs matplotlib: pip install matplotlib (or drop --plot)")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for impl, marker in (("ditkit", "o"), ("diffusers", "s")):
+    for impl, marker in (("ditkit", "o"), ("ditkit+compile", "^"), ("diffusers", "s")):
         pts = sorted((r["speedup"], r["psnr"], r["recipe"]) for r in rows if r["impl"] == impl and r["psnr"] < PSNR_CAP)
         if not pts:
             continue

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from ..acceleration.attention.base import longest_attention
-from ..bench.harness import (SUITES, append_run, ditkit_entry, machine, markdown_table, pareto_plot, run_bench,
-                             split_recipes, standard_suite, with_calibration)
+from ..bench.harness import (SUITES, append_run, compiled_entries, ditkit_entry, machine, markdown_table, pareto_plot,
+                             run_bench, split_recipes, standard_suite, with_calibration)
 from ..bench.peers import PEER_NOTES, diffusers_entries
 from ..bench.report import bars_of, write_markdown
 from .flags import add_sampling_args, add_task_args, load_task
@@ -31,6 +31,8 @@ def run(args):
     out_dir = Path(args.json).parent if args.json else Path("out")
     resolved = with_calibration(specs, pipe, task, args.calibration_prompts, args.calibration_seed, out_dir)
     entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
+    if args.compile:
+        entries += compiled_entries(pipe, resolved)
     notes = list(args.note or [])
     if args.peers:
         if args.peers != "diffusers":
@@ -90,6 +92,9 @@ def register(sub):
     p.add_argument("--time-samples", type=int, help="samples per timed generation (default: --num-samples; quality "
                                                     "and counts always use all of them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = the least noisy on a shared machine)")
+    p.add_argument("--compile", action="store_true", help="also run every recipe on a copy of the model whose block "
+                                                          "stack is compiled (torch.compile of the repeated attention "
+                                                          "and MLP modules), rows 'ditkit+compile', interleaved")
     p.add_argument("--peers", help="image DiTs: also run a peer library's caches on the same weights: diffusers")
     p.add_argument("--calibration-prompts", type=int, default=10, help="samples for TeaCache / MagCache calibration")
     p.add_argument("--calibration-seed", type=int, default=1000, help="first calibration seed (disjoint from --seed)")

@@ -119,12 +119,17 @@ class Pipeline:
     def denoise(self, model_fn, noise: NoiseSource, sample_shape: tuple[int, ...], num_sampling_steps: int,
                 sampler: str, eta: float = 0.0, progress: bool = False, step_callback=None,
                 clip_denoised: bool = False) -> torch.Tensor:
-        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)`` (already guided), with the recipe told
-        the generation, every step and every call's timestep."""
+        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)``, a guided model (CFG, context guidance).
+        The recipe is told the generation and every step; the guidance and the recipe the host timestep of every
+        call, so their decisions read nothing from the device."""
+        def timestep(t: float):
+            model_fn.set_timestep(t)
+            self.recipe.set_timestep(t)
+
         self.recipe.reset(num_sampling_steps)
         return sample(model_fn, noise.randn(*sample_shape), self.process, sampler, num_sampling_steps, noise, eta=eta,
                       progress=progress, step_callback=self._step_callback(step_callback), clip_denoised=clip_denoised,
-                      timestep_callback=self.recipe.set_timestep if self.recipe else None)
+                      timestep_callback=timestep)
 
     def _step_callback(self, user_callback):
         if not self.recipe and user_callback is None:
