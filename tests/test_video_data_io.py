@@ -93,7 +93,12 @@ def test_generate_video_cli(tmp_path, capsys):
           "--num-sampling-steps", "2", "--out", str(tmp_path / "out/v.gif"), "--no-progress"])
     assert all((tmp_path / f"out/v.{s}").is_file() for s in ("gif", "mp4", "png"))
     assert "given frames [0, 2, 3]" in capsys.readouterr().out
-    bad = [(["--task", "predict", "--context", str(tmp_path / "big.gif")], "resize"),
+    main(["generate-video", "--model", str(model), "--task", "interpolate", "--stride", "2", "--context", str(clip),
+          "--num-sampling-steps", "4", "--out", str(tmp_path / "r/v.gif"), "--no-progress", "--recipe",
+          "taylorseer:interval=2+topk:min_tokens=0"])
+    assert "recipe taylorseer:interval=2+topk:min_tokens=0)" in capsys.readouterr().out
+    bad = [(["--task", "predict", "--context", str(clip), "--recipe", "fora:intervall=2"], "unknown parameter"),
+           (["--task", "predict", "--context", str(tmp_path / "big.gif")], "resize"),
            (["--task", "predict", "--context", str(clip), "--given-frames", "4"], "given frames"),
            (["--task", "story", "--context", str(clip)], "--frame-labels"),
            (["--task", "complete", "--context", str(clip), "--mask", str(tmp_path / "zeros.npy")], "nothing to generate"),

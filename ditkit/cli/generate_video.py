@@ -85,7 +85,8 @@ def run(args):
     paths = save_video(video[0], args.out, mask, args.fps, args.upscale)
     given = [f for f in range(F) if not mask[f].any()]
     print(f"wrote {', '.join(map(str, paths))} ({args.task}: {F} frames, given frames {given or 'none'}, "
-          f"{args.num_sampling_steps} {args.sampler or pipe.default_sampler} steps) in {time.time() - t0:.1f} s")
+          f"{args.num_sampling_steps} {args.sampler or pipe.default_sampler} steps"
+          + (f", recipe {pipe.recipe}" if pipe.recipe else "") + f") in {time.time() - t0:.1f} s")
 
 
 def register(sub):
