@@ -38,11 +38,11 @@ bench: $(DEVSTAMP)
 .PHONY: bench-video
 bench-video: $(DEVSTAMP)
 	$(BIN)/ditkit bench --model moving-mnist-vdt --task predict --suite caching --num-sampling-steps 50 \
-	    --num-samples 16 --time-samples 4 --repeats 3 --threads 1 \
+	    --num-samples 16 --time-samples 4 --repeats 3 --threads 1 --add-recipes "fora:interval=4,taylorseer:interval=5,order=2" \
 	    --json out/bench-video.json --plot docs/bench-moving-mnist-vdt.png
 	$(BIN)/ditkit bench --model moving-mnist-vdt --task predict --canvas 128 --num-frames 8 --num-sampling-steps 20 \
 	    --num-samples 2 --time-samples 1 --repeats 3 --threads 1 \
-	    --recipes "topk,svg:sparsity=0.15,sta:density=0.125,full_steps=0.1,fora:interval=3+topk,taylorseer:interval=3,order=1+topk,taylorseer:interval=4,order=1+topk,fora:interval=3+sta:density=0.125,full_steps=0.1" \
+	    --recipes "topk,svg:sparsity=0.15,sta:density=0.125,full_steps=0.1,fora:interval=3+topk,taylorseer:interval=3,order=1+topk,taylorseer:interval=4,order=1+topk,taylorseer:interval=5,order=2+topk,fora:interval=3+sta:density=0.125,full_steps=0.1" \
 	    --append --json out/bench-video.json --plot docs/bench-moving-mnist-vdt-8192.png --markdown BENCHMARKS.md
 
 clean:
