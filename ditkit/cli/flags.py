@@ -3,6 +3,8 @@ context-guidance flag and the bench-task flags, with what turns them into a pipe
 bench task."""
 from __future__ import annotations
 
+import argparse
+import math
 from typing import Any
 
 from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
@@ -12,6 +14,34 @@ from ..pipelines.image import DiTPipeline
 
 VIDEO_FLAGS = {"task": "--task", "canvas": "--canvas", "num_frames": "--num-frames", "label": "--label",
                "given_frames": "--given-frames", "stride": "--stride"}
+
+
+def _number(kind, low: float | None = None, high: float | None = None, low_open: bool = False, what: str = ""):
+    """An argparse ``type``: ``kind`` (int or float) that is finite and within [low, high] (``low_open``: > low);
+    a bad value is a parse error naming it and the range, before anything is loaded."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or ('an integer' if kind is int else 'a number')}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        if bad_low or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(x for x in (lo, hi) if x)}, got {text}")
+        return value
+    parse.__name__ = what or kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1, what="an integer >= 1")
+nonnegative_int = _number(int, 0, what="an integer >= 0")
+finite_float = _number(float, what="a finite number")
+nonnegative_float = _number(float, 0.0, what="a number >= 0")
+unit_float = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 
 def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, default_interval=None):
@@ -34,6 +64,12 @@ def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, defa
     p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: all at once)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_threads_arg(p, default: int = 0):
+    """``--threads``: torch CPU threads, set by the CLI before the command runs (0 = torch's default)."""
+    p.add_argument("--threads", type=int, default=default,
+                   help=f"torch CPU threads (0 = torch's default){'' if default == 0 else f'; default {default}'}")
 
 
 def sampling_kwargs(args) -> dict:

@@ -3,34 +3,17 @@ that list missing / unexpected keys and shape mismatches."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
+from .outputs import atomic_write
+
 
 class CheckpointMismatchError(ValueError):
     pass
-
-
-def atomic_write(path: str | Path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename tmp_path onto ``path`` (same directory, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp (and some writers) create 0600; checkpoints are ordinary shareable files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ...core.checkpoint import CheckpointMismatchError, atomic_write, load_state_dict_strict
+from ...core.checkpoint import CheckpointMismatchError, load_state_dict_strict
+from ...core.outputs import atomic_write
 from ..attention import Attention
 from ..dit import DiT, DiTConfig, dit_config, sincos_2d
 
