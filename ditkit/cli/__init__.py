@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 
-from .. import __version__
+import torch
+
 from ..core.devices import resolve_device
 from . import bench, bench_attention, calibrate, distill_linear
 from . import eval as evaluate
@@ -44,7 +46,7 @@ class _Subcommands:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ditkit", description="Train, sample and accelerate Diffusion Transformers.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--version", action="version", version=f"ditkit {__version__}")
+    p.add_argument("--version", action="version", version=f"ditkit {version('ditkit')}")
     sub = p.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.register(_Subcommands(sub))
@@ -58,7 +60,6 @@ def main(argv=None):
         if threads is not None and threads < 0:
             raise ValueError(f"--threads {threads}: give a number of CPU threads >= 1 (0 = torch's default)")
         if threads:
-            import torch
             torch.set_num_threads(threads)
         if getattr(args, "device", None) is not None:
             resolve_device(args.device)
