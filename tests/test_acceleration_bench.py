@@ -74,9 +74,9 @@ def test_standard_suite_is_defined_by_the_bench():
         "none", "fora:interval=1", "fora", "fora:interval=6", "firstblockcache", "firstblockcache:threshold=0.2",
         "teacache", "teacache:threshold=0.06", "magcache", "magcache:threshold=0.3,max_skips=6,retention=0.1",
         "taylorseer", "taylorseer:interval=6,order=1", "toca", "toca:interval=5", "delta_dit",
-        "delta_dit:interval=5,span=0.75", "svg", "sta", "topk", "fastattn", "linear", "w8a8", "w8a8:act=tensor", "w8",
+        "delta_dit:interval=5,span=0.75", "svg", "sta", "topk", "fastattn", "linear:dropin=true", "w8a8", "w8a8:act=tensor", "w8",
         "w4", "bf16"]
-    assert standard_suite(("attention",)) == ["none", "svg", "sta", "topk", "fastattn", "linear"]
+    assert standard_suite(("attention",)) == ["none", "svg", "sta", "topk", "fastattn", "linear:dropin=true"]
 
 
 def test_run_bench_rows():

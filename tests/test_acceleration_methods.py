@@ -178,7 +178,7 @@ def test_errors_list_valid_choices(pipe):
         Recipe("fora:intervall=2")
     with pytest.raises(ValueError, match="magcache needs calibrated magnitude ratios.*ditkit calibrate"):
         Recipe("magcache")
-    with pytest.raises(ValueError, match="fora: interval must be >= 1"):
+    with pytest.raises(ValueError, match=r"fora: interval=0 is not valid: expected an integer >= 1, e.g. fora:interval=3"):
         Recipe("fora:interval=0")
     with pytest.raises(ValueError, match="teacache cannot be combined with fora"):
         pipe.set_recipe("fora+teacache")

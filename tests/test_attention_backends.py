@@ -238,8 +238,8 @@ def test_recipes_run_in_a_model_and_short_calls_stay_dense():
             q = torch.randn(1, 2, 128, 16)                                # a 128-token call < min_tokens: dense
             assert torch.equal(backend(q, q, q, TokenLayout(1, 8, 16)), sdpa(q, q, q))
         for spec in ["svg:block=32,dense_layers=0", "sta:tile=1x4x4", "sta:tile=1x4x4,window=search",
-                     "topk:tile=1x4x4", "fastattn:tile=1x4x4", "linear"]:
-            with Recipe(f"{spec},min_tokens=0".replace("linear,", "linear:")).applied(model) as r:
+                     "topk:tile=1x4x4", "fastattn:tile=1x4x4", "linear:dropin=true"]:
+            with Recipe(f"{spec},min_tokens=0").applied(model) as r:
                 r.reset(10)
                 for step in range(4):                                # ends on a sparse step
                     r.begin_step(step, 10)
@@ -321,11 +321,11 @@ def test_topk_and_svg_geometry_are_cached():
     ("sta:density=1.5", r"density=1.5 is not valid: expected a fraction in \(0, 1\]"),
     ("fastattn:window=search", r"window='search' is not valid: expected 'auto' or windows"),
     ("fastattn:tile=4", r"tile=4 is not valid"),
-    ("fastattn:refresh=0", r"refresh=0, warmup=1 are not valid"),
+    ("fastattn:refresh=0", r"refresh=0 is not valid: expected an integer >= 1"),
     ("topk:tile=8x", r"tile='8x' is not valid"),
     ("topk:density=0", r"density=0 is not valid"),
     ("svg:sparsity=0", r"sparsity=0 is not valid"),
-    ("svg:block=0", r"block=0, rows=64 are not valid"),
+    ("svg:block=0", r"block=0 is not valid: expected an integer >= 1"),
 ])
 def test_invalid_recipe_parameters_raise_at_construction(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -202,9 +202,9 @@ def test_composes_with_a_cache(pipe):
 
 
 def test_composes_with_an_attention_backend(pipe, reference):
-    pipe.set_recipe("linear")
+    pipe.set_recipe("linear:dropin=true")
     backend_only = pipe(**KW)
-    pipe.set_recipe("linear+w8a8")
+    pipe.set_recipe("linear:dropin=true+w8a8")
     attn = pipe.model.blocks[0].attn
     assert attn.backend is not None and isinstance(attn.qkv, W8A8Linear)
     stacked = pipe(**KW)

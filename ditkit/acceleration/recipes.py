@@ -3,10 +3,9 @@ for the method life cycle and the recipe syntax). Importing this module register
 per method, listed in :data:`BUILTIN_METHOD_MODULES`), so its ``REGISTRY`` holds them."""
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 
-from ..hooks.method import REGISTRY, Method, parse_recipe
+from ..hooks.method import REGISTRY, Method, check_params, parse_recipe
 
 # The built-in methods, imported in this order: the registry's order (suites and listings follow it).
 from .cache import fora, firstblockcache, teacache, magcache, taylorseer, toca, delta_dit  # isort: skip
@@ -25,23 +24,28 @@ def _valid_methods() -> str:
 def build_method(name: str, params: dict) -> Method:
     if name not in REGISTRY:
         raise ValueError(f"unknown acceleration method {name!r}; valid: {_valid_methods()}")
-    cls = REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(params) - fields
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {name!r}; valid: {', '.join(sorted(fields)) or 'none'}")
-    return cls(**params)
+    return REGISTRY[name](**check_params(name, params))
+
+
+def check_recipe(spec) -> list[tuple[str, dict]]:
+    """The parsed recipe (:func:`~ditkit.hooks.method.parse_recipe`: every parameter checked) with its method names
+    checked too, without building anything (no file is read): what a command calls before loading a model."""
+    parsed = parse_recipe(spec)
+    names = [name for name, _ in parsed]
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown acceleration method {name!r}; valid: {_valid_methods()}")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"method(s) {sorted(dup)} appear more than once in the recipe")
+    return parsed
 
 
 class Recipe:
     """An ordered list of methods applied together."""
 
     def __init__(self, spec=None):
-        self.methods = [build_method(n, p) for n, p in parse_recipe(spec)]
-        names = [m.name for m in self.methods]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"method(s) {sorted(dup)} appear more than once in the recipe")
+        self.methods = [build_method(n, p) for n, p in check_recipe(spec)]
 
     def __bool__(self) -> bool:
         return bool(self.methods)

@@ -5,7 +5,7 @@ generation call of the N samples with fixed seeds (images: labels cycling over t
 held-out Moving MNIST clips, optionally on a larger canvas). For every recipe, on the same inputs, seeds, sampler
 and CFG: an untimed pass generates every sample (for quality) and then, on one timed-size generation, counts
 transformer block evaluations exactly (:class:`BlockCounter`), FLOPs (``torch.utils.flop_counter``) and the peak of
-newly allocated tensor memory (profiler allocation events); then ``--repeats`` timed rounds run every recipe once per
+newly allocated tensor memory (:class:`LiveTensorBytes`, no profiler); then ``--repeats`` timed rounds run every recipe once per
 round (rotated order, so machine noise hits all alike) and the median wall time is reported (and the median process
 CPU time, less sensitive to other processes on a shared machine). Quality is measured against the ``none`` samples
 (:meth:`~.tasks.ImageTask.quality`, :meth:`~.tasks.VideoTask.quality`): PSNR (capped at 100 dB, which identical
@@ -13,7 +13,8 @@ samples get) and SSIM, ``identical`` (bitwise equal), for MNIST-shaped image mod
 more than 128 samples, ``frechet_distance`` (Fréchet distance on ditkit's MNIST-classifier features, not FID).
 Every row carries ``tokens``, the length of the model's longest attention call. TeaCache / MagCache entries without
 a calibration file are calibrated first, in the same run, on ``--calibration-prompts`` samples with seeds (and
-clips) disjoint from the benchmark's. ``--append`` adds a run to an existing JSON file (``make bench-video``: the
+clips) disjoint from the benchmark's; their files go where the caller says (``ditkit bench``: next to ``--json``,
+else a temporary folder). ``--append`` adds a run to an existing JSON file (``make bench-video``: the
 video model at its native size and on a larger canvas), whose report then covers every run in it.
 """
 from __future__ import annotations
@@ -23,15 +24,19 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..acceleration.attention.base import AttentionMethod, longest_attention
@@ -59,6 +64,7 @@ SUITE: dict[str, tuple[str, ...]] = {
     "toca": ("toca", "toca:interval=5"),
     "delta_dit": ("delta_dit", "delta_dit:interval=5,span=0.75"),
     "w8a8": ("w8a8", "w8a8:act=tensor"),
+    "linear": ("linear:dropin=true",),           # drop-in on softmax weights: what it costs without distillation
 }
 KINDS = ("caching", "attention", "quantization")
 SUITES = {"standard": KINDS, **{k: (k,) for k in KINDS}}
@@ -142,9 +148,11 @@ def compiled_entries(pipe, resolved: list[tuple]) -> list[Entry]:
             for spec, shown in resolved]
 
 
-def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, out_dir: Path):
+def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, out_dir: Path, prefix: str = "",
+                     log=print):
     """Fill in missing TeaCache / MagCache calibration files (calibrated on ``task`` resampled to ``num_prompts``
-    samples from ``seed``); returns [(spec for Recipe, display string)]."""
+    samples from ``seed``), written to ``out_dir / f"{prefix}calibration-{method}.json"``; returns [(spec for
+    Recipe, display string)]."""
     files, out = {}, []
     for spec in specs:
         parts, shown = [], []
@@ -153,8 +161,8 @@ def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, 
                 if name not in files:
                     t0 = time.perf_counter()
                     cal = calibrate_on_task(pipe, name, num_prompts, seed, task=task)
-                    files[name] = save_calibration(cal, out_dir / f"calibration-{name}.json")
-                    print(f"calibrated {name} on {num_prompts} samples (seeds {seed}..) in "
+                    files[name] = save_calibration(cal, Path(out_dir) / f"{prefix}calibration-{name}.json")
+                    log(f"calibrated {name} on {num_prompts} samples (seeds {seed}..) in "
                           f"{time.perf_counter() - t0:.1f} s: fit {json.dumps(cal['fit'])[:160]} -> {files[name]}")
                 params = {**params, CALIBRATED[name]: str(files[name])}
             parts.append({"name": name, **params})
@@ -164,16 +172,50 @@ def with_calibration(specs: list[str], pipe, task, num_prompts: int, seed: int, 
     return out
 
 
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of tensor storage created by the operations run inside it and still alive (``live``), and their peak
+    (``peak``): every new output storage is counted once and uncounted when it is freed (a finalizer on the
+    storage), so no profiler and no per-event record is kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":     # meta tensors hold no memory
+                continue
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key in self.seen or key in inputs:          # a view or an in-place result: nothing new
+                continue
+            nbytes = storage.nbytes()
+            self.seen.add(key)
+            weakref.finalize(storage, self._freed, key, nbytes)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        return out
+
+
 def peak_tensor_memory(fn):
     """Run fn(); returns (result, peak bytes of tensors allocated during the call and alive at the same time)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with LiveTensorBytes() as counter:
         result = fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return result, peak
+    return result, counter.peak
+
+
+def peak_resident_mb() -> float:
+    """The process's peak resident memory so far (MiB; ``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
 
 def measure(entry: Entry, task, time_samples: int | None = None) -> torch.Tensor:
@@ -275,9 +317,10 @@ def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
 
 
 def machine() -> dict:
+    """The machine and the run's peak resident memory (``peak_rss_mb``, measured when called: call it last)."""
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "peak_rss_mb": round(peak_resident_mb(), 1)}
 
 
 def append_run(path: str | Path, data: dict) -> dict:

@@ -1,44 +1,100 @@
 """``ditkit bench``: speed and quality of acceleration recipes, side by side, measured in one run (the harness:
-:mod:`ditkit.bench.harness`), written as a table, JSON, a Pareto plot and a BENCHMARKS.md section."""
+:mod:`ditkit.bench.harness`), written as a table, JSON, a Pareto plot and a BENCHMARKS.md section. Every flag, recipe
+and output path is checked before the model is loaded."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..acceleration.attention.base import longest_attention
+from ..acceleration.recipes import check_recipe
 from ..bench.harness import (SUITES, append_run, compiled_entries, ditkit_entry, machine, markdown_table, pareto_plot,
                              run_bench, split_recipes, standard_suite, with_calibration)
 from ..bench.peers import PEER_NOTES, diffusers_entries
 from ..bench.report import bars_of, write_markdown
-from .flags import add_sampling_args, add_task_args, load_task
+from ..core.outputs import check_output_path, write_json
+from ..pipelines.base import is_video_model
+from .flags import add_sampling_args, add_task_args, add_threads_arg, load_task, nonnegative_int, positive_int
+
+PEERS = ("diffusers",)
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def recipe_list(text: str | None, flag: str) -> list[str]:
+    """The recipes of a comma-separated flag (:func:`split_recipes`), each checked (methods, parameters); an empty
+    entry or a bad recipe is an error naming the flag."""
+    if text is None:
+        return []
+    if not text.strip() or any(not part.strip() for part in text.split(",")):
+        raise ValueError(f"{flag} {text!r} has an empty entry; give comma-separated recipes, e.g. "
+                         f"{flag} 'fora:interval=3,teacache:threshold=0.1'")
+    specs = split_recipes(text)
+    for spec in specs:
+        try:
+            check_recipe(spec)
+        except ValueError as e:
+            raise ValueError(f"{flag}: recipe {spec!r}: {e}") from None
+    return specs
+
+
+def check_args(args) -> None:
+    """Everything that can be checked without loading the model."""
+    if args.time_samples is not None and args.time_samples > args.num_samples:
+        raise ValueError(f"--time-samples {args.time_samples} is more than --num-samples {args.num_samples}: timed "
+                         f"generations use the first samples; give --time-samples <= {args.num_samples}")
+    if args.append and not args.json:
+        raise ValueError("--append adds this run to the --json file: give --json FILE")
+    check_output_path(args.json, "--json", (".json",))
+    check_output_path(args.plot, "--plot", PLOT_SUFFIXES)
+    check_output_path(args.markdown, "--markdown", (".md",))
+    if args.append and Path(args.json).exists():
+        try:
+            old = json.loads(Path(args.json).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--append {args.json}: cannot read it as a bench JSON ({e}); give the --json file of "
+                             f"an earlier `ditkit bench` run, or drop --append") from None
+        if not isinstance(old, dict) or not {"settings", "rows"} <= set(old):
+            raise ValueError(f"--append {args.json} is not a `ditkit bench` JSON (no settings and rows); give the "
+                             f"--json file of an earlier bench run, or drop --append")
+    if args.note is not None and any(not n.strip() for n in args.note):
+        raise ValueError("--note '' is empty: give the note's text, e.g. --note 'other jobs were running'")
+    if args.peers:
+        if is_video_model(args.model):
+            raise ValueError(f"--peers {args.peers} runs diffusers' caches on an image DiT converted to diffusers; "
+                             f"there is no diffusers conversion of ditkit's VideoDiT: drop --peers for {args.model}")
+        if importlib.util.find_spec("diffusers") is None:
+            raise ImportError("--peers diffusers needs the diffusers package: pip install diffusers (or drop --peers)")
+    if args.compile and args.device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ValueError("--compile compiles the blocks with torch.compile, which needs a C++ compiler on the CPU "
+                         "(none of g++, c++, clang++ found): install one (e.g. apt install g++) or drop --compile")
 
 
 def run(args):
-    if args.append and not args.json:
-        raise ValueError("--append adds this run to the --json file: give --json FILE")
-    torch.set_num_threads(args.threads)
-    pipe, task = load_task(args, args.num_samples, args.seed)
-    if args.peers and task.kind == "video":
-        raise ValueError(f"--peers {args.peers} runs diffusers' caches on an image DiT converted to diffusers; "
-                         f"there is no diffusers conversion of ditkit's VideoDiT: drop --peers for {args.model}")
-    specs = split_recipes(args.recipes) if args.recipes else standard_suite(SUITES[args.suite])
-    specs += split_recipes(args.add_recipes) if args.add_recipes else []
+    check_args(args)
+    specs = recipe_list(args.recipes, "--recipes") or standard_suite(SUITES[args.suite])
+    specs += recipe_list(args.add_recipes, "--add-recipes")
     specs = ["none"] + [s for s in specs if s.strip().lower() != "none"]
-    out_dir = Path(args.json).parent if args.json else Path("out")
-    resolved = with_calibration(specs, pipe, task, args.calibration_prompts, args.calibration_seed, out_dir)
-    entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
-    if args.compile:
-        entries += compiled_entries(pipe, resolved)
-    notes = list(args.note or [])
-    if args.peers:
-        if args.peers != "diffusers":
-            raise ValueError(f"unknown peer {args.peers!r}; valid: diffusers")
-        entries += diffusers_entries(pipe, task, args.calibration_prompts, args.calibration_seed)
-        notes += PEER_NOTES
+    pipe, task = load_task(args, args.num_samples, args.seed)
+    log = lambda m: print(m, file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="ditkit-bench-") as scratch:
+        # calibration files: next to --json (named after it), else only for this run
+        out_dir, prefix = (Path(args.json).parent, Path(args.json).stem + "-") if args.json else (Path(scratch), "")
+        resolved = with_calibration(specs, pipe, task, args.calibration_prompts, args.calibration_seed, out_dir,
+                                    prefix, log=log)
+        entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
+        if args.compile:
+            entries += compiled_entries(pipe, resolved)
+        notes = list(args.note or [])
+        if args.peers:
+            entries += diffusers_entries(pipe, task, args.calibration_prompts, args.calibration_seed)
+            notes += PEER_NOTES
     timed = args.time_samples or args.num_samples
     tokens = longest_attention(pipe.model)
     s = task.settings()
@@ -46,12 +102,11 @@ def run(args):
         f"videos ({s['task']}, {s['num_frames']} frames of {s['canvas']}x{s['canvas']}, {tokens}-token attention)"
     print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} {what} (quality on "
           f"{args.num_samples}), "
-          f"{s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, {args.threads} thread(s)")
+          f"{s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, {torch.get_num_threads()} thread(s)")
     skipped = []
-    rows = run_bench(entries, task, args.repeats, log=lambda m: print(m, file=sys.stderr),
-                     time_samples=args.time_samples, skipped=skipped)
-    table = markdown_table(rows)
-    print(table)
+    rows = run_bench(entries, task, args.repeats, log=log, time_samples=args.time_samples, skipped=skipped)
+    del entries
+    print(markdown_table(rows))
     settings = {"model": args.model, "kind": task.kind, "tokens": tokens, "num_samples": args.num_samples,
                 "repeats": args.repeats, "time_samples": timed,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
@@ -59,12 +114,11 @@ def run(args):
                 "plot": args.plot, "notes": notes}
     data = {"settings": settings, "machine": machine(), "rows": rows,
             "skipped": [[recipe, why, tokens] for recipe, why in skipped]}
+    print(f"peak resident memory of this run: {data['machine']['peak_rss_mb']:.0f} MiB")
     if args.append:
         data = append_run(args.json, data)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(data, indent=1))
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, data)}")
     if args.plot:
         noun = "samples" if task.kind == "image" else f"{s['task']} videos"
         title = (f"{args.model}: {tokens} tokens, {s['sampler']} {s['num_sampling_steps']} steps, "
@@ -86,22 +140,29 @@ def register(sub):
                         "(standard), or only the caching, attention or quantization methods")
     p.add_argument("--add-recipes", help="comma-separated recipes run after --recipes or the suite, e.g. "
                                          "stacked ones ('taylorseer:interval=6,order=1+w8a8')")
-    p.add_argument("--num-samples", type=int, default=100, help="samples per recipe (images: labels cycle over the "
-                                                                "classes; videos: held-out clips)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
-    p.add_argument("--time-samples", type=int, help="samples per timed generation (default: --num-samples; quality "
-                                                    "and counts always use all of them)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = the least noisy on a shared machine)")
+    p.add_argument("--num-samples", type=positive_int, default=100,
+                   help="samples per recipe (images: labels cycle over the classes; videos: held-out clips)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
+    p.add_argument("--time-samples", type=positive_int,
+                   help="samples per timed generation, at most --num-samples (default: --num-samples; quality and "
+                        "counts always use all of them)")
+    add_threads_arg(p, default=1)
     p.add_argument("--compile", action="store_true", help="also run every recipe on a copy of the model whose block "
                                                           "stack is compiled (torch.compile of the repeated attention "
                                                           "and MLP modules), rows 'ditkit+compile', interleaved")
-    p.add_argument("--peers", help="image DiTs: also run a peer library's caches on the same weights: diffusers")
-    p.add_argument("--calibration-prompts", type=int, default=10, help="samples for TeaCache / MagCache calibration")
-    p.add_argument("--calibration-seed", type=int, default=1000, help="first calibration seed (disjoint from --seed)")
-    p.add_argument("--json", help="write the rows (and settings, machine) to this JSON file")
+    p.add_argument("--peers", choices=PEERS,
+                   help="image DiTs: also run a peer library's caches on the same weights")
+    p.add_argument("--calibration-prompts", type=positive_int, default=10,
+                   help="samples for TeaCache / MagCache calibration")
+    p.add_argument("--calibration-seed", type=nonnegative_int, default=1000,
+                   help="first calibration seed (disjoint from --seed)")
+    p.add_argument("--json", help="write the rows (and settings, machine, peak memory) to this JSON file; the "
+                                  "TeaCache / MagCache calibrations of the run go next to it (NAME-calibration-"
+                                  "METHOD.json), without --json they are not kept")
     p.add_argument("--append", action="store_true", help="add this run to the --json file (replacing a run at the "
                                                          "same token count); --markdown then reports every run in it")
-    p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this PNG")
-    p.add_argument("--markdown", help="write a BENCHMARKS.md-style report (command, machine, date, table, plot, bars)")
+    p.add_argument("--plot", help="write the speed-up vs PSNR Pareto plot to this file (.png, .pdf or .svg)")
+    p.add_argument("--markdown", help="write a BENCHMARKS.md-style report (command, machine, date, table, plot, bars) "
+                                      "into its generated section of this .md file")
     p.add_argument("--note", action="append", help="a note for the report (repeatable)")
     p.set_defaults(fn=run)

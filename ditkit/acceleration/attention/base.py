@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ...hooks.method import Method
+from ...hooks.method import Method, param
 from ...hooks.points import HookPoints
 from ...models.attention import Attention, LinearAttention, TokenLayout, sdpa
 
@@ -31,6 +31,15 @@ def parse_indices(spec, n: int) -> list[int]:
     if bad:
         raise ValueError(f"index(es) {sorted(bad)} out of range 0..{n - 1} in {spec!r}")
     return sorted(out)
+
+
+def check_indices(spec) -> None:
+    """Raise a ValueError saying what is expected unless ``spec`` is 'all', an index or ranges 'a-b;c'."""
+    parts = [] if spec in (None, "all", "*") else str(spec).replace(" ", "").split(";")
+    for part in parts:
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError("'all', an index, or ranges and indices separated by ';' (e.g. 0-3;7)")
 
 
 def parse_triples(spec, default=None) -> list[tuple[int, int, int]]:
@@ -69,11 +78,12 @@ def dense_fraction(index: int, count: int, fraction: float) -> bool:
 
 @dataclasses.dataclass
 class AttentionMethod(Method):
-    layers: str = "all"
-    heads: str = "all"
-    min_tokens: int = 1024
+    layers: str = param("all", check=check_indices, example="0-3")
+    heads: str = param("all", check=check_indices, example="0;2")
+    min_tokens: int = param(1024, low=0)
 
     def __post_init__(self):
+        super().__post_init__()
         self.step, self.num_steps, self.branch = 0, 1, "cond"
 
     def kernel(self, q, k, v, layout: TokenLayout | None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
 from .base import AttentionMethod
 from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
@@ -23,20 +23,15 @@ from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
 @dataclasses.dataclass
 class WindowResidualAttention(AttentionMethod):
     name = "fastattn"
-    tile: str = "auto"
-    window: str = "auto"
-    density: float = 0.25
-    warmup: int = 1
-    refresh: int = 4
+    tile: str = param("auto", check=parse_tile, example="4x8x8")
+    window: str = param("auto", check=parse_windows, example="2x3x3")
+    density: float = param(0.25, low=0, high=1, low_open=True)
+    warmup: int = param(1, low=0)
+    refresh: int = param(4, low=1, hint="steps from one full step to the next")
 
     def __post_init__(self):
         super().__post_init__()
         self._tile, self._windows = parse_tile(self.tile), parse_windows(self.window)
-        if not 0 < self.density <= 1:
-            raise ValueError(f"fastattn: density={self.density!r} is not valid: expected a fraction in (0, 1]")
-        if self.refresh < 1 or self.warmup < 0:
-            raise ValueError(f"fastattn: refresh={self.refresh!r}, warmup={self.warmup!r} are not valid: expected "
-                             f"refresh >= 1 (steps between full steps) and warmup >= 0")
         self.residuals = {}
 
     def reset(self, num_steps: int) -> None:

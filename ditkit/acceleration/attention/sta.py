@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
 from ..kernels.blocksparse import BlockPattern, block_sparse_attention, window_index
 from ..kernels.layout import auto_tile, from_tiles, tile_grid, to_tiles
@@ -155,17 +155,15 @@ def sta_density(layout: TokenLayout, tile=None, windows=None, density: float = 0
 @dataclasses.dataclass
 class SlidingTileAttention(AttentionMethod):
     name = "sta"
-    tile: str = "auto"
-    window: str = "auto"
-    density: float = 0.25
-    full_steps: float = 0.24
+    tile: str = param("auto", check=parse_tile, example="4x8x8")
+    window: str = param("auto", check=lambda w: parse_windows(w, search=True), example="2x3x3")
+    density: float = param(0.25, low=0, high=1, low_open=True)
+    full_steps: float = param(0.24, low=0, high=1)
 
     def __post_init__(self):
         super().__post_init__()
         self._tile = parse_tile(self.tile)
         self._windows = parse_windows(self.window, search=True)
-        if not 0 < self.density <= 1:
-            raise ValueError(f"sta: density={self.density!r} is not valid: expected a fraction in (0, 1]")
         self.reset(self.num_steps)
 
     def kernel(self, q, k, v, layout, layer=None):

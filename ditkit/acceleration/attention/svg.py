@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
 from ..kernels.blocksparse import band_attention, band_index
 from ..kernels.layout import to_temporal
@@ -133,21 +133,15 @@ def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256, ro
 @dataclasses.dataclass
 class SparseVideoGen(AttentionMethod):
     name = "svg"
-    sparsity: float = 0.25
-    rows: int = 64
-    block: int = 256
-    dense_steps: float = 0.075
-    dense_layers: float = 0.025
-    seed: int = 0
+    sparsity: float = param(0.25, low=0, high=1, low_open=True, hint="the kept density")
+    rows: int = param(64, low=1, hint="profiled query rows")
+    block: int = param(256, low=1, hint="tokens per block")
+    dense_steps: float = param(0.075, low=0, high=1)
+    dense_layers: float = param(0.025, low=0, high=1)
+    seed: int = param(0, low=0)
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.sparsity <= 1:
-            raise ValueError(f"svg: sparsity={self.sparsity!r} is not valid: expected the kept density, a fraction "
-                             f"in (0, 1]")
-        if self.block < 1 or self.rows < 1:
-            raise ValueError(f"svg: block={self.block!r}, rows={self.rows!r} are not valid: expected positive "
-                             f"integers (tokens per block, profiled query rows)")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def reset(self, num_steps: int) -> None:

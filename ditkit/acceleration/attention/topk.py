@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from ...models.attention import TokenLayout
 from ..kernels.blocksparse import block_sparse_attention
 from ..kernels.layout import auto_tile, from_tiles, tile_grid, to_tiles
@@ -57,15 +57,13 @@ def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: floa
 @dataclasses.dataclass
 class TopKAttention(AttentionMethod):
     name = "topk"
-    density: float = 0.25
-    tile: str = "auto"
-    dense_steps: float = 0.0
+    density: float = param(0.25, low=0, high=1, low_open=True)
+    tile: str = param("auto", check=parse_tile, example="4x8x8")
+    dense_steps: float = param(0.0, low=0, high=1)
 
     def __post_init__(self):
         super().__post_init__()
         self._tile = parse_tile(self.tile)
-        if not 0 < self.density <= 1:
-            raise ValueError(f"topk: density={self.density!r} is not valid: expected a fraction in (0, 1]")
 
     def kernel(self, q, k, v, layout):
         return topk_attention(q, k, v, layout, self._tile, self.density)

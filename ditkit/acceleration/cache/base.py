@@ -44,6 +44,7 @@ class CachingMethod(Method):
     """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``."""
 
     def __post_init__(self):
+        super().__post_init__()
         self.model, self.trace = None, None
         self.reset(0)
 

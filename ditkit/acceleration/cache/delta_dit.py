@@ -12,7 +12,7 @@ import math
 from types import SimpleNamespace
 from typing import ClassVar
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import CachingMethod
 
 
@@ -20,15 +20,9 @@ from .base import CachingMethod
 @dataclasses.dataclass
 class DeltaDiT(CachingMethod):
     name: ClassVar[str] = "delta_dit"
-    interval: int = 3
-    span: float = 0.5
-    switch: float = 0.5
-
-    def __post_init__(self):
-        if self.interval < 1 or not 0 < self.span <= 1 or not 0 <= self.switch <= 1:
-            raise ValueError(f"delta_dit: need interval >= 1, 0 < span <= 1, 0 <= switch <= 1; got "
-                             f"interval={self.interval}, span={self.span}, switch={self.switch}")
-        super().__post_init__()
+    interval: int = param(3, low=1)
+    span: float = param(0.5, low=0, high=1, low_open=True)
+    switch: float = param(0.5, low=0, high=1)
 
     def new_state(self):
         return SimpleNamespace(delta=None, early=None)

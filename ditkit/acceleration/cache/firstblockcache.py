@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import CachingMethod, rel_l1
 
 
@@ -20,7 +20,7 @@ from .base import CachingMethod, rel_l1
 @dataclasses.dataclass
 class FirstBlockCache(CachingMethod):
     name: ClassVar[str] = "firstblockcache"
-    threshold: float = 0.08
+    threshold: float = param(0.08, low=0)
 
     def new_state(self):
         return SimpleNamespace(residual=None, first=None)

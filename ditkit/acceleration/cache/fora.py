@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import ModuleCacheMethod
 
 
@@ -17,12 +17,7 @@ from .base import ModuleCacheMethod
 @dataclasses.dataclass
 class FORA(ModuleCacheMethod):
     name: ClassVar[str] = "fora"
-    interval: int = 3
-
-    def __post_init__(self):
-        if self.interval < 1:
-            raise ValueError(f"fora: interval must be >= 1, got {self.interval}")
-        super().__post_init__()
+    interval: int = param(3, low=1)
 
     def is_full(self, state) -> bool:
         return self.step == 0 or (self.num_steps - 1 - self.step) % self.interval == 0

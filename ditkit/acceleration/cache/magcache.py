@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import CachingMethod
 from .calibration import load_calibration
 
@@ -26,10 +26,10 @@ from .calibration import load_calibration
 @dataclasses.dataclass
 class MagCache(CachingMethod):
     name: ClassVar[str] = "magcache"
-    threshold: float = 0.12
-    max_skips: int = 2
-    retention: float = 0.2
-    ratios: str | None = None
+    threshold: float = param(0.12, low=0)
+    max_skips: int = param(2, low=0)
+    retention: float = param(0.2, low=0, high=1)
+    ratios: str | None = param(None, example="FILE")
 
     def __post_init__(self):
         if not self.ratios:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import ModuleCacheMethod
 
 
@@ -23,15 +23,9 @@ from .base import ModuleCacheMethod
 @dataclasses.dataclass
 class TaylorSeer(ModuleCacheMethod):
     name: ClassVar[str] = "taylorseer"
-    interval: int = 4
-    order: int = 4
-    warmup: int = 2
-
-    def __post_init__(self):
-        if self.interval < 1 or self.order < 0 or self.warmup < 1:
-            raise ValueError(f"taylorseer: need interval >= 1, order >= 0, warmup >= 1; got interval={self.interval}, "
-                             f"order={self.order}, warmup={self.warmup}")
-        super().__post_init__()
+    interval: int = param(4, low=1)
+    order: int = param(4, low=0)
+    warmup: int = param(2, low=1)
 
     def is_full(self, state) -> bool:
         return self.step < self.warmup or (self.step - self.warmup) % self.interval == 0

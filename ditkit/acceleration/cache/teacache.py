@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import CachingMethod, rel_l1
 from .calibration import indicator, load_calibration
 
@@ -31,12 +31,20 @@ def polyval(coefficients, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_coefficients(value) -> None:
+    """A calibration file (str) or five numbers c4..c0."""
+    numbers = isinstance(value, (list, tuple)) and len(value) == 5 and \
+        all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    if not (isinstance(value, str) or numbers):
+        raise ValueError("a calibration file from `ditkit calibrate --method teacache`, or five numbers c4..c0")
+
+
 @register
 @dataclasses.dataclass
 class TeaCache(CachingMethod):
     name: ClassVar[str] = "teacache"
-    threshold: float = 0.1
-    coefficients: Any = None
+    threshold: float = param(0.1, low=0)
+    coefficients: Any = param(None, check=lambda v: _check_coefficients(v), example="FILE")
 
     def __post_init__(self):
         if isinstance(self.coefficients, str):

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from ...hooks.points import HookPoints
 from ...models.attention import Attention
 from ...models.stack import attention_to_tokens
@@ -32,16 +32,10 @@ MLP_FACTOR, STALENESS_WEIGHT, CELL_BONUS = 2.5, 0.25, 0.6
 @dataclasses.dataclass
 class ToCa(ModuleCacheMethod):
     name: ClassVar[str] = "toca"
-    interval: int = 3
-    ratio: float = 0.07
-    step_weight: float = 2.0
-    layer_weight: float = -0.2
-
-    def __post_init__(self):
-        if self.interval < 1 or not 0 <= self.ratio <= 1:
-            raise ValueError(f"toca: need interval >= 1 and 0 <= ratio <= 1, got interval={self.interval}, "
-                             f"ratio={self.ratio}")
-        super().__post_init__()
+    interval: int = param(3, low=1)
+    ratio: float = param(0.07, low=0, high=1)
+    step_weight: float = param(2.0)
+    layer_weight: float = param(-0.2)
 
     def is_full(self, state) -> bool:
         return self.step % self.interval == 0

@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch.nn as nn
 
-from ...hooks.method import Method
+from ...hooks.method import Method, param
 from ...hooks.points import HookPoints
 from .calibration import Calls, activation_absmax, layer_sensitivity, record_calls
 from .layers import QuantLinear
@@ -38,15 +38,12 @@ def linear_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 class QuantMethod(Method):
     """Base of the quantization recipes. ``float_layers``: keep this many linear layers in float, the ones whose
     quantization alone changes the network output most on the calibration trajectories (mixed precision)."""
-    float_layers: int = 0
-    calibration_samples: int = 4
-    calibration_steps: int = 20
+    float_layers: int = param(0, low=0, example=2)
+    calibration_samples: int = param(4, low=1)
+    calibration_steps: int = param(20, low=1)
 
     def __post_init__(self):
-        for f in ("float_layers", "calibration_samples", "calibration_steps"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f == "float_layers" else 1):
-                raise ValueError(f"{self.name}: {f}={v!r} must be an integer >= {0 if f == 'float_layers' else 1}")
+        super().__post_init__()
         self._act_absmax: dict | None = None
         self._calibrated_for: nn.Module | None = None
         self._layers: dict[nn.Linear, tuple[int, QuantLinear]] = {}

@@ -11,29 +11,31 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import QuantMethod
 from .calibration import smooth_scales
 from .layers import W8A8Linear, check_w8a8
+
+BITS = "int8 kernels (and their fake-quant simulation) run 2..8-bit codes; for 16-bit use the 'bf16' recipe"
 
 
 @register
 @dataclasses.dataclass
 class W8A8(QuantMethod):
     name: ClassVar[str] = "w8a8"
-    smooth: float | None = None     # SmoothQuant migration strength alpha in [0, 1]; None = no balancing
-    act: str = "token"              # dynamic activation scale per 'token' or per 'tensor' (per call)
-    weight_bits: int = 8
-    act_bits: int = 8
-    group_size: int = 0             # 0 = per output channel; > 0 only with fake=true
-    fake: bool = False              # simulate in float (labelled FAKE-QUANT) instead of integer kernels
+    # SmoothQuant migration strength alpha in [0, 1]; None = no balancing
+    smooth: float | None = param(None, low=0, high=1, example=0.5, hint="the SmoothQuant migration strength")
+    # dynamic activation scale per 'token' or per 'tensor' (per call)
+    act: str = param("token", choices=("token", "tensor"), hint="activation scales per 'token' or per 'tensor' factor "
+                                                                   "out of the integer matmul")
+    weight_bits: int = param(8, low=2, high=8, hint=BITS)
+    act_bits: int = param(8, low=2, high=8, hint=BITS)
+    group_size: int = param(0, low=0, example=64)   # 0 = per output channel; > 0 only with fake=true
+    fake: bool = param(False)       # simulate in float (labelled FAKE-QUANT) instead of integer kernels
 
     def __post_init__(self):
         super().__post_init__()
         check_w8a8(self.weight_bits, self.act_bits, self.act, self.group_size, self.fake)
-        if self.smooth is not None and (isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float))
-                                        or not 0 <= self.smooth <= 1):
-            raise ValueError(f"w8a8: smooth={self.smooth!r} is the SmoothQuant migration strength, a number in [0, 1]")
 
     def uses_activation_stats(self) -> bool:
         return self.smooth is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ...hooks.method import register
+from ...hooks.method import param, register
 from .base import QuantMethod
 from .layers import WeightOnlyLinear
 
@@ -18,7 +18,7 @@ from .layers import WeightOnlyLinear
 class W8(QuantMethod):
     name: ClassVar[str] = "w8"
     bits: ClassVar[int] = 8
-    group_size: int = 0
+    group_size: int = param(0, low=0, example=64)
 
     def make_layer(self, linear, act_absmax):
         return WeightOnlyLinear.from_linear(linear, bits=self.bits, group_size=self.group_size)
@@ -29,4 +29,4 @@ class W8(QuantMethod):
 class W4(W8):
     name: ClassVar[str] = "w4"
     bits: ClassVar[int] = 4
-    group_size: int = 64
+    group_size: int = param(64, low=0)
