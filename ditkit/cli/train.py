@@ -1,4 +1,4 @@
-"""``ditkit train --config FILE [--set key=value ...] [--resume auto|PATH]``."""
+"""``ditkit train --config FILE [--set key=value ...] [--resume auto|PATH | --overwrite] [--threads N]``."""
 from __future__ import annotations
 
 import time
@@ -9,17 +9,20 @@ from ..core.config import load_config, to_dict
 from ..core.configs import TrainConfig, VideoTrainConfig, is_video_config
 from ..training.trainer import train
 from ..training.video import train_video
+from .flags import add_threads_arg, positive_int
 
 
 def run(args):
     video = is_video_config(args.config)
     cfg = load_config(VideoTrainConfig if video else TrainConfig, args.config, args.set)
+    if args.threads:
+        cfg.train.num_threads = args.threads
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return
     t0 = time.time()
     out = (train_video if video else train)(cfg, resume=args.resume, progress=False if args.no_progress else None,
-                                            max_steps=args.max_steps)
+                                            max_steps=args.max_steps, overwrite=args.overwrite)
     print(f"wrote {out} ({time.time() - t0:.1f} s)")
 
 
@@ -29,7 +32,11 @@ def register(sub):
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     t.add_argument("--resume", metavar="auto|PATH", help="resume from the latest checkpoint (auto) or a checkpoint folder")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps without changing the LR schedule")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in train.results_dir (checkpoints, metrics.jsonl, model.safetensors, "
+                        "config.yaml) and start again")
+    t.add_argument("--max-steps", type=positive_int, help="stop after this many steps without changing the LR schedule")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_threads_arg(t)
     t.set_defaults(fn=run)

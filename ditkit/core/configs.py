@@ -3,14 +3,43 @@
 mixture). Saved models carry theirs in their metadata (``train_config``), so inference reads them too."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .devices import resolve_device
+
 # The training mixture of VDT masks (mask type -> weight; the types are ``diffusion.masks.TRAINING_MASKS``)
 DEFAULT_MASK_WEIGHTS = {"uncond": 1.0, "predict": 2.0, "backward": 1.0, "interpolate": 2.0, "animate": 1.0,
                         "random": 1.0, "complete": 2.0}
+
+
+def _check(ok: bool, key: str, value, rule: str, fix: str = "") -> None:
+    """Raise 'KEY=VALUE must be RULE' (plus ``fix``) unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} must be {rule}{'; ' + fix if fix else ''}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(section, key: str, low: int | float, where: str, fix: str = "") -> None:
+    value = getattr(section, key)
+    _check(_number(value) and value >= low, f"{where}.{key}", value, f">= {low}", fix)
+
+
+def _in_unit(section, key: str, where: str, high_open: bool = False) -> None:
+    value = getattr(section, key)
+    ok = _number(value) and 0 <= value and (value < 1 if high_open else value <= 1)
+    _check(ok, f"{where}.{key}", value, f"in [0, 1{')' if high_open else ']'}")
+
+
+def _one_of(section, key: str, choices, where: str) -> None:
+    value = getattr(section, key)
+    _check(value in choices, f"{where}.{key}", value, f"one of {', '.join(choices)}")
 
 
 @dataclass
@@ -23,6 +52,11 @@ class ModelSection:
     class_dropout_prob: float = 0.1
     autoencoder: str | None = None   # local path of a diffusers AutoencoderKL for latent diffusion; None = pixels
 
+    def validate(self, where: str = "model") -> None:
+        for key in ("input_size", "in_channels", "num_classes"):
+            _at_least(self, key, 1, where)
+        _in_unit(self, "class_dropout_prob", where, high_open=True)
+
 
 @dataclass
 class DiffusionSection:
@@ -31,6 +65,15 @@ class DiffusionSection:
     num_timesteps: int = 1000
     timestep_scale: float = 1.0      # flow only: network sees t * timestep_scale
 
+    def validate(self, learn_sigma: bool, where: str = "diffusion") -> None:
+        _one_of(self, "objective", ("ddpm", "flow"), where)
+        _one_of(self, "schedule", ("linear", "cosine"), where)
+        _at_least(self, "num_timesteps", 2, where)
+        _check(_number(self.timestep_scale) and self.timestep_scale > 0, f"{where}.timestep_scale",
+               self.timestep_scale, "> 0")
+        _check(not (self.objective == "flow" and learn_sigma), "model.learn_sigma", learn_sigma, "false with "
+               f"{where}.objective=flow", "flow matching has no learned variance: set model.learn_sigma=false")
+
 
 @dataclass
 class DataSection:
@@ -38,6 +81,14 @@ class DataSection:
     path: str | None = None
     image_size: int = 32
     channels: int = 1
+
+    def validate(self, where: str = "data") -> None:
+        _one_of(self, "name", ("mnist", "digits", "folder"), where)
+        _check(self.name != "folder" or bool(self.path), f"{where}.path", self.path, "set for data.name=folder",
+               "give data.path=<folder with one subfolder of images per class>")
+        _at_least(self, "image_size", 1, where)
+        _check(self.channels in ((1, 3) if self.name == "folder" else (1,)), f"{where}.channels", self.channels,
+               "1 or 3 for an image folder" if self.name == "folder" else f"1 for data.name={self.name}")
 
 
 @dataclass
@@ -57,6 +108,22 @@ class TrainSection:
     results_dir: str = "runs/mnist-dit"
     device: str = "auto"             # auto | cpu | cuda | cuda:1 ...
     num_threads: int = 0             # CPU threads for torch; 0 = leave torch's default
+    keep_checkpoints: int = 3        # keep the latest K checkpoint folders; 0 = keep all
+
+    def validate(self, where: str = "train") -> None:
+        for key in ("steps", "global_batch_size", "log_every", "ckpt_every"):
+            _at_least(self, key, 1, where)
+        for key in ("warmup_steps", "weight_decay", "grad_clip", "num_threads", "keep_checkpoints", "seed"):
+            _at_least(self, key, 0, where)
+        _check(self.warmup_steps <= self.steps, f"{where}.warmup_steps", self.warmup_steps,
+               f"<= {where}.steps={self.steps}", f"lower it or raise {where}.steps")
+        _check(_number(self.lr) and self.lr > 0, f"{where}.lr", self.lr, "> 0", "e.g. train.lr=1e-4")
+        _in_unit(self, "ema_decay", where)
+        if self.decay_start is not None:
+            _check(_number(self.decay_start) and self.decay_start >= 0, f"{where}.decay_start", self.decay_start,
+                   ">= 0 (at or past train.steps the LR never decays)", "or null for a constant LR")
+        _check(bool(str(self.results_dir).strip()), f"{where}.results_dir", self.results_dir, "a folder path")
+        resolve_device(self.device, flag=f"{where}.device")
 
 
 @dataclass
@@ -65,6 +132,18 @@ class TrainConfig:
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+
+    def validate(self) -> None:
+        """Every key's range and the keys that must agree; a ValueError names the key, its value and the fix."""
+        self.model.validate()
+        self.diffusion.validate(self.model.learn_sigma)
+        self.data.validate()
+        self.train.validate()
+        m, d = self.model, self.data
+        if not m.autoencoder and (m.in_channels, m.input_size) != (d.channels, d.image_size):
+            raise ValueError(f"model.in_channels/input_size ({m.in_channels}, {m.input_size}) must match the data "
+                             f"({d.channels}, {d.image_size}) in pixel space: set model.in_channels={d.channels} "
+                             f"model.input_size={d.image_size}")
 
 
 @dataclass
@@ -81,6 +160,14 @@ class VideoModelSection:
     mask_channel: bool = True
     init_from: str | None = None     # image DiT to inflate from: bundled name, .safetensors or results folder
 
+    def validate(self, where: str = "model") -> None:
+        ModelSection.validate(self, where)
+        _one_of(self, "layout", ("vdt", "latte", "full3d"), where)
+        for key in ("num_frames", "tubelet"):
+            _at_least(self, key, 1, where)
+        _check(self.num_frames % self.tubelet == 0, f"{where}.num_frames", self.num_frames,
+               f"a multiple of {where}.tubelet={self.tubelet}")
+
 
 @dataclass
 class VideoDataSection:
@@ -95,6 +182,21 @@ class VideoDataSection:
     switch_prob: float = 0.25
     frame_stride: int = 1            # folder: keep every n-th frame
 
+    def validate(self, where: str = "data") -> None:
+        _one_of(self, "name", ("moving-mnist", "folder"), where)
+        _check(self.name != "folder" or bool(self.path), f"{where}.path", self.path, "set for data.name=folder",
+               "give data.path=<folder of video files, or one subfolder of them per class>")
+        for key in ("image_size", "num_frames", "num_digits", "frame_stride"):
+            _at_least(self, key, 1, where)
+        _check(self.channels in ((1, 3) if self.name == "folder" else (1,)), f"{where}.channels", self.channels,
+               "1 or 3 for a video folder" if self.name == "folder" else "1 for moving-mnist")
+        _check(_number(self.digit_size) and 1 <= self.digit_size <= self.image_size, f"{where}.digit_size",
+               self.digit_size, f"in [1, {where}.image_size={self.image_size}]")
+        speed = self.speed
+        ok = isinstance(speed, (list, tuple)) and len(speed) == 2 and all(map(_number, speed)) and 0 <= speed[0] <= speed[1]
+        _check(ok, f"{where}.speed", speed, "a range [low, high] of pixels per frame with 0 <= low <= high")
+        _in_unit(self, "switch_prob", where)
+
 
 @dataclass
 class VideoTrainConfig:
@@ -103,6 +205,28 @@ class VideoTrainConfig:
     data: VideoDataSection = field(default_factory=VideoDataSection)
     masks: dict = field(default_factory=lambda: dict(DEFAULT_MASK_WEIGHTS))   # mask type -> weight in the mixture
     train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/moving-mnist-vdt"))
+
+    def validate(self) -> None:
+        """Every key's range and the keys that must agree; a ValueError names the key, its value and the fix."""
+        m, d = self.model, self.data
+        m.validate()
+        self.diffusion.validate(m.learn_sigma)
+        _check(not (self.diffusion.objective == "ddpm" and m.learn_sigma), "model.learn_sigma", m.learn_sigma,
+               "false", "masked video training covers the eps loss only: set model.learn_sigma=false")
+        d.validate()
+        self.train.validate()
+        kinds = ", ".join(DEFAULT_MASK_WEIGHTS)
+        _check(isinstance(self.masks, dict), "masks", self.masks, f"a mapping of mask type -> weight ({kinds})")
+        for kind, weight in self.masks.items():
+            _check(kind in DEFAULT_MASK_WEIGHTS, "masks", kind, f"a mask type: one of {kinds}")
+            _check(_number(weight) and weight >= 0, f"masks.{kind}", weight, ">= 0")
+        _check(sum(self.masks.values()) > 0, "masks", self.masks, "weights with a positive sum",
+               "give at least one mask type a positive weight, e.g. masks.predict=1")
+        if (m.in_channels, m.input_size, m.num_frames) != (d.channels, d.image_size, d.num_frames):
+            raise ValueError(f"model.in_channels/input_size/num_frames ({m.in_channels}, {m.input_size}, "
+                             f"{m.num_frames}) must match the data ({d.channels}, {d.image_size}, {d.num_frames}): "
+                             f"set model.in_channels={d.channels} model.input_size={d.image_size} "
+                             f"model.num_frames={d.num_frames}")
 
 
 def is_video_config(path: str | None) -> bool:

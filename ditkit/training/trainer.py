@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +22,20 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from ..core import checkpoint as ckpt
 from ..core.config import to_dict
 from ..core.configs import TrainConfig
+from ..core.devices import resolve_device
+from ..core.outputs import write_text
+from ..core.progress import progress_bar
 from ..data.images import load_image_data
+from ..models.dit import dit_config
 from ..models.interop.autoencoder import Autoencoder
 from ..pipelines.build import build_model, build_process
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# What a finished or started run leaves in its results folder (``--overwrite`` removes these)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "model.safetensors", "config.yaml")
 
 
 def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -91,9 +92,108 @@ def checkpoint_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "checkpoints"
 
 
+def checkpoints(results_dir: str | Path) -> list[Path]:
+    """The checkpoint folders of a run, oldest first."""
+    return sorted(p for p in checkpoint_dir(results_dir).glob("[0-9]" * 7) if (p / "state.pt").is_file())
+
+
 def latest_checkpoint(results_dir: str | Path) -> Path | None:
-    steps = sorted(p for p in checkpoint_dir(results_dir).glob("[0-9]" * 7) if (p / "state.pt").is_file())
-    return steps[-1] if steps else None
+    found = checkpoints(results_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(results_dir: str | Path, keep: int) -> None:
+    """Remove all but the latest ``keep`` checkpoint folders (0 = keep all)."""
+    if keep:
+        for path in sorted(checkpoint_dir(results_dir).glob("[0-9]" * 7))[:-keep]:
+            shutil.rmtree(path)
+
+
+def prepare_results_dir(results_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to train over an earlier run unless resuming it or ``overwrite`` (which removes its files)."""
+    results = Path(results_dir)
+    if resume and overwrite:
+        raise ValueError(f"--resume {resume} continues the run in {results} and --overwrite deletes it: give one")
+    if resume:
+        return
+    if results.exists() and not results.is_dir():
+        raise NotADirectoryError(f"train.results_dir {results} is a file; set train.results_dir to a folder")
+    found = [name for name in RUN_FILES[:3] if (results / name).exists()
+             and not ((results / name).is_dir() and not any((results / name).iterdir()))]
+    if found and not overwrite:
+        raise ValueError(f"train.results_dir {results} already holds a run ({', '.join(found)}); continue it with "
+                         f"--resume auto, train into another folder with --set train.results_dir={results}-2, or "
+                         f"start again with --overwrite (deletes its {', '.join(RUN_FILES)})")
+    if overwrite and os.environ.get("RANK", "0") == "0":
+        for name in RUN_FILES:
+            path = results / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _unreadable(path: Path, file: Path, err) -> ValueError:
+    earlier = [p for p in checkpoints(path.parent.parent) if p.name < path.name]
+    fix = (f"resume from the previous checkpoint with --resume {earlier[-1]}" if earlier else
+           "no earlier checkpoint is left: start again with --overwrite")
+    return ValueError(f"checkpoint file {file} is corrupt or truncated ({err}); {fix}")
+
+
+def check_checkpoint(path: Path) -> int:
+    """The step of checkpoint folder ``path`` after checking that its three files are complete (cheap: headers and
+    CRCs, nothing loaded); a damaged file is an error naming it and the previous checkpoint."""
+    if not (path / "state.pt").is_file():
+        raise FileNotFoundError(f"{path} is not a ditkit training checkpoint (no state.pt); pass a folder under "
+                                f"<results_dir>/checkpoints/ or --resume auto")
+    try:
+        bad = zipfile.ZipFile(path / "state.pt").testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _unreadable(path, path / "state.pt", e) from None
+    if bad is not None:
+        raise _unreadable(path, path / "state.pt", f"bad CRC in {bad}")
+    meta = {}
+    for name in ("model.safetensors", "ema.safetensors"):
+        try:
+            meta = ckpt.read_metadata(path / name)
+        except ValueError as e:
+            raise _unreadable(path, path / name, str(e).split("(", 1)[-1].rsplit(")", 1)[0]) from None
+    return int(meta.get("step", int(path.name)))
+
+
+def resume_checkpoint(results_dir: str | Path, resume: str | None, steps: int) -> Path | None:
+    """The checkpoint ``resume`` ('auto' = the latest, or a folder) names, checked and within ``steps``; None to
+    start from scratch."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = latest_checkpoint(results_dir)
+        if path is None:
+            if os.environ.get("RANK", "0") == "0":
+                print(f"--resume auto: no checkpoint under {checkpoint_dir(results_dir)}, starting from scratch")
+            return None
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder; give one under "
+                                    f"{checkpoint_dir(results_dir)}/ or --resume auto")
+    step = check_checkpoint(path)
+    if steps < step:
+        raise ValueError(f"train.steps={steps} is below the step of the checkpoint to resume ({path}, step {step}): "
+                         f"set --set train.steps={step} or more to continue it, or start a new run with another "
+                         f"train.results_dir")
+    return path
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the log rows after ``step`` (they are trained again after a resume), atomically."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                rows.append(line + "\n")
+        except (ValueError, KeyError, TypeError):    # a line cut short by a killed run
+            continue
+    write_text(path, "".join(rows))
 
 
 def model_metadata(cfg: TrainConfig, model, step: int, extra: dict | None = None) -> dict:
@@ -124,9 +224,7 @@ def save_training_checkpoint(path: Path, cfg, model, ema, opt, sched, step: int)
 
 
 def load_training_checkpoint(path: Path, model, ema, opt, sched) -> int:
-    if not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"{path} is not a ditkit training checkpoint (no state.pt); pass a folder under "
-                                f"<results_dir>/checkpoints/ or --resume auto")
+    """Load a checkpoint folder (checked first with :func:`check_checkpoint`) into the training state; its step."""
     ckpt.load_state_dict_strict(model, ckpt.load_weights(path / "model.safetensors"), str(path / "model.safetensors"))
     ckpt.load_state_dict_strict(ema.model, ckpt.load_weights(path / "ema.safetensors"), str(path / "ema.safetensors"))
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
@@ -152,13 +250,36 @@ def _setup_distributed(device: torch.device):
     return dist.get_rank(), dist.get_world_size()
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = None, max_steps: int | None = None) -> Path:
+def prepare_training(cfg, resume: str | None, overwrite: bool) -> Path | None:
+    """Everything checked before any work: the config, the results folder, the checkpoint to resume (returned).
+    Applies ``train.num_threads``."""
+    cfg.validate()
+    prepare_results_dir(cfg.train.results_dir, resume, overwrite)
+    path = resume_checkpoint(cfg.train.results_dir, resume, cfg.train.steps)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    return path
+
+
+def _patch_size(name: str, input_size: int) -> int:
+    """The patch size of DiT ``name`` ('DiT-T/4'), checked to divide ``input_size``."""
+    patch = dit_config(name).patch_size
+    if input_size % patch:
+        raise ValueError(f"model.input_size={input_size} is not divisible by the patch size {patch} of {name}: "
+                         f"use a multiple of {patch}")
+    return patch
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = None, max_steps: int | None = None,
+          overwrite: bool = False) -> Path:
     """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``).
-    ``max_steps`` stops early (after checkpointing) without changing the schedule, for tests and time limits."""
+    ``max_steps`` stops early (after checkpointing) without changing the schedule, for tests and time limits;
+    ``overwrite`` deletes an earlier run in ``train.results_dir`` (without it, or ``resume``, that is an error)."""
     t_cfg = cfg.train
-    if t_cfg.num_threads:
-        torch.set_num_threads(t_cfg.num_threads)
-    device = resolve_device(t_cfg.device)
+    resume_path = prepare_training(cfg, resume, overwrite)
+    if not cfg.model.autoencoder:
+        _patch_size(cfg.model.name, cfg.model.input_size)
+    device = resolve_device(t_cfg.device, flag="train.device")
     rank, world = _setup_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -168,7 +289,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
 
     data = load_image_data(cfg.data.name, cfg.data.image_size, cfg.data.path, cfg.data.channels)
     if data.num_classes > cfg.model.num_classes:
-        raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={cfg.model.num_classes}")
+        raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={cfg.model.num_classes}: "
+                         f"set model.num_classes={data.num_classes}")
     if data.images.shape[1] != cfg.data.channels:
         raise ValueError(f"dataset images have {data.images.shape[1]} channels but data.channels={cfg.data.channels}")
     autoencoder = None
@@ -177,9 +299,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         model_channels, model_size = autoencoder.latent_channels, cfg.data.image_size // autoencoder.downsample
     else:
         model_channels, model_size = cfg.data.channels, cfg.data.image_size
-        if (cfg.model.in_channels, cfg.model.input_size) != (model_channels, model_size):
-            raise ValueError(f"model.in_channels/input_size ({cfg.model.in_channels}, {cfg.model.input_size}) must "
-                             f"match the data ({model_channels}, {model_size}) in pixel space")
 
     torch.manual_seed(t_cfg.seed)
     model = build_model(cfg.model, model_channels, model_size).to(device)
@@ -200,14 +319,15 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         drop = (torch.rand(B, generator=g) < cfg.model.class_dropout_prob)[lo:lo + local_batch].to(device)
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop})
 
-    return run_training(cfg, model, losses, device, rank, world, resume, progress, max_steps)
+    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps)
 
 
-def run_training(cfg, model, losses, device: torch.device, rank: int, world: int, resume: str | None,
+def run_training(cfg, model, losses, device: torch.device, rank: int, world: int, resume: Path | None,
                  progress: bool | None, max_steps: int | None) -> Path:
-    """The optimisation loop shared by the image and video trainers: AdamW + LR schedule, EMA, resume, DDP, JSONL log,
-    checkpoints and the exported EMA model. ``losses(train_model, step, g)`` builds this rank's part of the global
-    batch of ``step`` from the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample)."""
+    """The optimisation loop shared by the image and video trainers: AdamW + LR schedule, EMA, resume (from the
+    checkpoint folder ``resume``, see :func:`prepare_training`), DDP, JSONL log, progress, checkpoints and the
+    exported EMA model. ``losses(train_model, step, g)`` builds this rank's part of the global batch of ``step`` from
+    the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample)."""
     t_cfg = cfg.train
     results = Path(t_cfg.results_dir)
     ema = EMA(model, t_cfg.ema_decay)
@@ -216,63 +336,70 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
     sched = make_lr_schedule(opt, t_cfg)
 
     step = 0
-    if resume:
-        path = latest_checkpoint(results) if resume == "auto" else Path(resume)
-        if path is None:
-            if rank == 0:
-                print(f"--resume auto: no checkpoint under {checkpoint_dir(results)}, starting from scratch")
-        else:
-            step = load_training_checkpoint(path, model, ema, opt, sched)
-            apply_configured_lr(opt, sched, t_cfg)
-            if rank == 0:
-                print(f"resumed from {path} at step {step}")
+    if resume is not None:
+        step = load_training_checkpoint(resume, model, ema, opt, sched)
+        apply_configured_lr(opt, sched, t_cfg)
+        if rank == 0:
+            print(f"resumed from {resume} at step {step}")
     train_model = model
     if world > 1:
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if rank == 0:
         results.mkdir(parents=True, exist_ok=True)
-        (results / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(results / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _truncate_metrics(results / "metrics.jsonl", step)
     log = open(results / "metrics.jsonl", "a") if rank == 0 else None
     end = t_cfg.steps if max_steps is None else min(t_cfg.steps, max_steps)
-    show = (progress if progress is not None else os.isatty(1)) and rank == 0
-    bar = tqdm(total=t_cfg.steps, initial=step, disable=not show, desc="train", dynamic_ncols=True)
+    bar = progress_bar(t_cfg.steps, "train", enabled=progress if rank == 0 else False, initial=step,
+                       every=t_cfg.log_every)
     model.train()
     t0, t_last, s_last = time.time(), time.time(), step
-    while step < end:
-        g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
-            terms = losses(train_model, step, g)
-            loss = terms["loss"].float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip > 0 else None
-        opt.step()
-        sched.step()
-        ema.update(model, step)
-        step += 1
-        bar.update(1)
-        if rank == 0 and (step % t_cfg.log_every == 0 or step == end):
-            now = time.time()
-            rec = {"step": step, "loss": loss.item(), "mse": terms["mse"].float().mean().item(),
-                   "lr": sched.get_last_lr()[0], "steps_per_sec": (step - s_last) / max(now - t_last, 1e-9),
-                   "elapsed_sec": now - t0}
-            if grad_norm is not None:
-                rec["grad_norm"] = float(grad_norm)
-            if "vb" in terms:
-                rec["vb"] = terms["vb"].float().mean().item()
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
-            t_last, s_last = now, step
-        if rank == 0 and (step % t_cfg.ckpt_every == 0 or step == end):
-            save_training_checkpoint(checkpoint_dir(results) / f"{step:07d}", cfg, model, ema, opt, sched, step)
-        if world > 1 and step % t_cfg.ckpt_every == 0:
-            dist.barrier()
-    bar.close()
+    try:
+        while step < end:
+            g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
+                terms = losses(train_model, step, g)
+                loss = terms["loss"].float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip) if t_cfg.grad_clip > 0
+                         else None)
+            opt.step()
+            sched.step()
+            ema.update(model, step)
+            step += 1
+            if rank == 0 and (step % t_cfg.log_every == 0 or step == end):
+                now = time.time()
+                rec = {"step": step, "loss": loss.item(), "mse": terms["mse"].float().mean().item(),
+                       "lr": sched.get_last_lr()[0], "steps_per_sec": (step - s_last) / max(now - t_last, 1e-9),
+                       "elapsed_sec": now - t0}
+                if grad_norm is not None:
+                    rec["grad_norm"] = float(grad_norm)
+                if "vb" in terms:
+                    rec["vb"] = terms["vb"].float().mean().item()
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                t_last, s_last = now, step
+            bar.update(1)
+            if rank == 0 and (step % t_cfg.ckpt_every == 0 or step == end):
+                save_training_checkpoint(checkpoint_dir(results) / f"{step:07d}", cfg, model, ema, opt, sched, step)
+                prune_checkpoints(results, t_cfg.keep_checkpoints)
+            if world > 1 and step % t_cfg.ckpt_every == 0:
+                dist.barrier()
+    except KeyboardInterrupt:
+        latest = latest_checkpoint(results)
+        where = (f"the latest checkpoint is {latest} (step {int(latest.name)}): continue with --resume auto "
+                 f"(same config and train.results_dir)" if latest else
+                 "no checkpoint was written yet: start again with --overwrite")
+        raise KeyboardInterrupt(f"training stopped at step {step} of {t_cfg.steps}; {where}") from None
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
     out = results / "model.safetensors"
     if rank == 0:
-        log.close()
         ckpt.save_weights(out, ema.model.state_dict(),
                           model_metadata(cfg, model, step, {"weights": "ema", "train_seconds_this_run": time.time() - t0}))
     if world > 1:

@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from ..core.configs import VideoDataSection, VideoModelSection, VideoTrainConfig
+from ..core.devices import resolve_device
 from ..data.video import MovingMNIST, VideoFolder
 from ..diffusion.masks import training_masks
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from ..pipelines.build import build_process
 from ..pipelines.image import load_dit
-from .trainer import _setup_distributed, batch_indices, resolve_device, run_training
+from .trainer import _patch_size, _setup_distributed, batch_indices, prepare_training, run_training
 
 
 def load_video_data(section: VideoDataSection, split: str = "train", seed: int = 0):
@@ -46,27 +47,21 @@ def build_video_model(section: VideoModelSection) -> VideoDiT:
 
 
 def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool | None = None,
-                max_steps: int | None = None) -> Path:
-    """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``)."""
+                max_steps: int | None = None, overwrite: bool = False) -> Path:
+    """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``). ``resume``,
+    ``max_steps`` and ``overwrite`` as in :func:`~ditkit.training.trainer.train`."""
     t_cfg, m_cfg = cfg.train, cfg.model
-    if t_cfg.num_threads:
-        torch.set_num_threads(t_cfg.num_threads)
-    device = resolve_device(t_cfg.device)
+    resume_path = prepare_training(cfg, resume, overwrite)
+    _patch_size(m_cfg.name.replace("VideoDiT-", "DiT-", 1), m_cfg.input_size)
+    device = resolve_device(t_cfg.device, flag="train.device")
     rank, world = _setup_distributed(device)
     if t_cfg.global_batch_size % world:
         raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
     local_batch, B = t_cfg.global_batch_size // world, t_cfg.global_batch_size
-    d_cfg = cfg.data
-    if (m_cfg.in_channels, m_cfg.input_size, m_cfg.num_frames) != (d_cfg.channels, d_cfg.image_size, d_cfg.num_frames):
-        raise ValueError(f"model.in_channels/input_size/num_frames ({m_cfg.in_channels}, {m_cfg.input_size}, "
-                         f"{m_cfg.num_frames}) must match the data ({cfg.data.channels}, {cfg.data.image_size}, "
-                         f"{cfg.data.num_frames})")
     data = load_video_data(cfg.data, seed=t_cfg.seed)
     if data.num_classes > m_cfg.num_classes:
-        raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={m_cfg.num_classes}")
-    training_masks(1, 2, 2, 2, cfg.masks)                                      # validates the mixture early
-    if cfg.diffusion.objective == "ddpm" and m_cfg.learn_sigma:
-        raise ValueError("masked video training covers the eps loss only: set model.learn_sigma=false")
+        raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={m_cfg.num_classes}: "
+                         f"set model.num_classes={data.num_classes}")
 
     torch.manual_seed(t_cfg.seed)
     model = build_video_model(m_cfg).to(device)
@@ -89,4 +84,4 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
                                                                   "mask": mask}, loss_mask=mask.expand_as(x))
 
-    return run_training(cfg, model, losses, device, rank, world, resume, progress, max_steps)
+    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps)
