@@ -1,5 +1,6 @@
 """DiT model facts (dit.md §1-3) and the official-checkpoint loader. Big configs are built on the meta device."""
 import argparse
+import os
 import math
 
 import numpy as np
@@ -209,6 +210,14 @@ def test_official_training_checkpoint_prefers_ema(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in other.state_dict().items())
 
 
+def test_official_wrong_model_name_suggests_the_matching_architecture(tmp_path):
+    save_official(randomize(official_tiny()), tmp_path / "t2.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"holds a DiT-T/2 .*not a DiT-XL/2: pass --model-name DiT-T/2"):
+        load_official_checkpoint(tmp_path / "t2.pt", "DiT-XL/2")
+    with pytest.raises(CheckpointMismatchError, match=r"not a DiT-T/4: pass --model-name DiT-T/2"):
+        load_official_checkpoint(tmp_path / "t2.pt", "DiT-T/4")
+
+
 def test_official_mismatch_lists_keys_and_shapes(tmp_path):
     sd = randomize(official_tiny(num_classes=10)).state_dict()
     sd.pop("blocks.1.attn.qkv.weight")
@@ -229,10 +238,18 @@ class NotWeights:
     pass
 
 
+class Executes:
+    def __reduce__(self):
+        return os.system, ("echo this must never run",)
+
+
 def test_official_refuses_pickled_objects_and_reports_corrupt_files(tmp_path):
     torch.save({"ema": {"w": torch.zeros(1)}, "hook": NotWeights()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"contains a pickled .*NotWeights object.*refuses to unpickle"):
+    with pytest.raises(ValueError, match=r"was refused: it holds a pickled .*NotWeights object.*could run arbitrary"):
         load_official_checkpoint(tmp_path / "evil.pt")
+    torch.save({"ema": Executes()}, tmp_path / "code.pt")                  # a reduce to os.system is refused too
+    with pytest.raises(ValueError, match=r"was refused: it holds a pickled (posix|nt)\.system object"):
+        load_official_checkpoint(tmp_path / "code.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint.*corrupt or truncated"):
         load_official_checkpoint(tmp_path / "corrupt.pt")

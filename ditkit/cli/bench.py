@@ -21,7 +21,7 @@ from ..bench.peers import PEER_NOTES, diffusers_entries
 from ..bench.report import bars_of, write_markdown
 from ..core.outputs import check_output_path, write_json
 from ..pipelines.base import is_video_model
-from .flags import add_sampling_args, add_task_args, add_threads_arg, load_task, nonnegative_int, positive_int
+from .flags import add_sampling_args, add_task_args, load_task, nonnegative_int, positive_int
 
 PEERS = ("diffusers",)
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -132,7 +132,7 @@ def run(args):
 def register(sub):
     p = sub.add_parser("bench", help="speed x quality of acceleration recipes (and diffusers' caches) in one run, "
                                      "on image or video DiTs")
-    add_sampling_args(p)
+    add_sampling_args(p, threads=1)
     add_task_args(p)
     p.add_argument("--recipes", help="comma-separated recipes (default: the --suite)")
     p.add_argument("--suite", choices=SUITES, default="standard",
@@ -146,7 +146,6 @@ def register(sub):
     p.add_argument("--time-samples", type=positive_int,
                    help="samples per timed generation, at most --num-samples (default: --num-samples; quality and "
                         "counts always use all of them)")
-    add_threads_arg(p, default=1)
     p.add_argument("--compile", action="store_true", help="also run every recipe on a copy of the model whose block "
                                                           "stack is compiled (torch.compile of the repeated attention "
                                                           "and MLP modules), rows 'ditkit+compile', interleaved")

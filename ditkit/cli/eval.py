@@ -3,21 +3,24 @@
 scales), video models on a masked task of held-out Moving MNIST (``--task``, :mod:`ditkit.evaluation.video`)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import (EVAL_CFG_SCALE, EVAL_GUIDANCE_INTERVAL, cfg_sweep, evaluate_pipeline, format_table,
                                    plot_cfg_sweep)
-from ..evaluation.video import evaluate_video, metric_keys, plot_per_frame, save_examples
-from ..pipelines.image import load
+from ..evaluation.video import EVAL_TASKS, evaluate_video, metric_keys, plot_per_frame, save_examples
+from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline
-from .flags import add_context_scale_arg, add_sampling_args, sampling_kwargs
+from .flags import (add_context_scale_arg, add_sampling_args, check_video_model_flags, guidance_interval,
+                    load_pipeline, positive_int, sampling_kwargs)
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def run_image_eval(args) -> dict:
     """``ditkit eval`` for class-conditional MNIST image models."""
-    pipe = load(args.model, args.device)
+    pipe = load_pipeline(args)
     result = evaluate_pipeline(pipe, args.num_samples, progress=not args.no_progress and os.isatty(2),
                                **sampling_kwargs(args))
     result = {"model": str(args.model), **result}
@@ -35,7 +38,7 @@ def run_cfg_sweep(args) -> dict:
         scales = [float(s) for s in args.cfg_sweep.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--cfg-sweep takes comma-separated guidance scales like 1.0,1.25,1.5, got {args.cfg_sweep!r}")
-    pipe = load(args.model, args.device)
+    pipe = load_pipeline(args)
     result = {"model": str(args.model), **cfg_sweep(pipe, scales, args.num_samples, **sampling_kwargs(args))}
     print(f"ditkit eval --cfg-sweep: {args.model}, {args.num_samples} samples per scale "
           f"(baseline {result['sweep'][0]['frechet_distance_real_baseline']:.2f})")
@@ -50,16 +53,16 @@ def run_cfg_sweep(args) -> dict:
 
 
 def run_video_eval(args) -> dict:
-    """``ditkit eval --task ...`` for VideoDiT models: prints the table, writes the plot and example PNGs."""
+    """``ditkit eval --task ...`` for VideoDiT models: prints the table, writes the per-frame plot and the example
+    strips where asked (``--plot``, ``--examples``; with ``--json``, next to it by default)."""
     pipe = VideoPipeline.from_pretrained(args.model, args.device)
     result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
                                      args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
-                                     tuple(args.guidance_interval) if args.guidance_interval else None,
-                                     args.context_scale)
-    stem = Path(args.json).with_suffix("") if args.json else Path("out") / f"eval-video-{args.task}"
-    plot = plot_per_frame(result, f"{stem}-per-frame.png")
+                                     guidance_interval(args.guidance_interval), args.context_scale)
+    plot_path, examples_path = video_outputs(args)
+    plot = plot_per_frame(result, plot_path) if plot_path else None
     result = {"model": str(args.model), **result, "plot": str(plot) if plot else None,
-              "examples": str(save_examples(tensors, f"{stem}-examples.png"))}
+              "examples": str(save_examples(tensors, examples_path)) if examples_path else None}
     print(f"ditkit eval: {args.model}, {args.task} on {result['num_videos']} held-out clips, "
           f"{result['sampling']['sampler']} {args.num_sampling_steps} steps, {result['sampling_seconds']:.1f} s")
     keys = metric_keys(result)
@@ -68,16 +71,50 @@ def run_video_eval(args) -> dict:
         if prefix + keys[0] in result:
             print(f"{name:10}" + "".join(f"{result[prefix + k]:>16.4f}" for k in keys))
     print(f"baseline: {result['baseline']}")
-    print(f"plot: {result['plot'] or 'skipped (matplotlib missing)'}; examples: {result['examples']}")
+    if plot_path:
+        print(f"plot: {result['plot'] or 'skipped (matplotlib missing)'}")
+    if examples_path:
+        print(f"examples: {result['examples']}")
     return result
 
 
-def run(args):
+def video_outputs(args) -> tuple[str | None, str | None]:
+    """(per-frame plot, example strips) paths of a video evaluation: --plot / --examples, else next to --json."""
+    stem = str(Path(args.json).with_suffix("")) if args.json else None
+    return (args.plot or (f"{stem}-per-frame.png" if stem else None),
+            args.examples or (f"{stem}-examples.png" if stem else None))
+
+
+def check_args(args) -> None:
+    """Everything checked before the model is loaded."""
+    check_output_path(args.json, "--json", (".json",))
+    check_output_path(args.plot, "--plot", PLOT_SUFFIXES)
+    check_output_path(args.examples, "--examples", (".png",))
+    guidance_interval(args.guidance_interval)
     if args.cfg_sweep and args.task:
         raise ValueError("--cfg-sweep evaluates image models; drop --task (or --cfg-sweep)")
+    video = is_video_model(resolve_model_path(args.model))
+    if video:
+        check_video_model_flags(args)
+        if not args.task:
+            raise ValueError(f"{args.model} is a video DiT: choose what to score with --task (one of "
+                             f"{', '.join(EVAL_TASKS)}), e.g. --task predict")
+        if args.cfg_sweep:
+            raise ValueError("--cfg-sweep evaluates image models; for a video model drop --cfg-sweep")
+        return
+    if args.task:
+        raise ValueError(f"--task {args.task} scores video DiTs; {args.model} is an image DiT: drop --task")
+    if args.examples:
+        raise ValueError("--examples writes the example clips of a video --task evaluation; drop it for image models")
     if args.plot and not args.cfg_sweep:
-        raise ValueError(f"--plot {args.plot} draws a --cfg-sweep; add --cfg-sweep 1.0,1.25,1.5 (video --task "
-                         f"evaluations write their plots next to --json)")
+        raise ValueError(f"--plot {args.plot} draws a --cfg-sweep for image models; add --cfg-sweep 1.0,1.25,1.5")
+    if args.num_samples < 2:
+        raise ValueError(f"--num-samples {args.num_samples}: the Fréchet distance needs at least 2 samples (1000 "
+                         f"recommended)")
+
+
+def run(args):
+    check_args(args)
     if args.cfg_sweep:
         result = run_cfg_sweep(args)
     elif args.task:
@@ -85,24 +122,25 @@ def run(args):
     else:
         result = run_image_eval(args)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {write_json(args.json, result, indent=2)}")
 
 
 def register(sub):
     p = sub.add_parser("eval", help="sample a model and score it (MNIST: classifier accuracy and Fréchet distance on "
                                     "ditkit's MNIST-classifier features)")
     add_sampling_args(p, default_cfg=EVAL_CFG_SCALE, default_interval=EVAL_GUIDANCE_INTERVAL)
-    p.add_argument("--num-samples", type=int, default=1000, help="class-balanced samples to generate (label i %% 10)")
-    p.add_argument("--json", help="also write all results to this JSON file")
+    p.add_argument("--num-samples", type=positive_int, default=1000, help="class-balanced samples to generate (label i %% 10)")
+    p.add_argument("--json", help="also write all results to this JSON file (a video --task evaluation also writes "
+                                  "its per-frame plot and example clips next to it: NAME-per-frame.png, "
+                                  "NAME-examples.png)")
     p.add_argument("--task", choices=("predict", "interpolate", "complete", "story"),
                    help="video models: score this masked task on held-out Moving MNIST against a baseline (PSNR/SSIM; "
                         "story: label accuracy, guided by --cfg-scale)")
-    p.add_argument("--num-videos", type=int, default=200, help="--task: held-out clips to evaluate")
+    p.add_argument("--num-videos", type=positive_int, default=200, help="--task: held-out clips to evaluate")
     add_context_scale_arg(p)
     p.add_argument("--cfg-sweep", help="image models: evaluate at each of these comma-separated guidance scales "
                                        "(same seeds) and report the one with the lowest Fréchet distance")
-    p.add_argument("--plot", help="--cfg-sweep: write Fréchet distance and accuracy against the scale to this PNG")
+    p.add_argument("--plot", help="--cfg-sweep: Fréchet distance and accuracy against the scale; video --task: each "
+                                  "metric per generated frame (.png, .pdf or .svg)")
+    p.add_argument("--examples", help="video --task: the first clips as rows truth / model / baseline (.png)")
     p.set_defaults(fn=run)

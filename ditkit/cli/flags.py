@@ -9,9 +9,12 @@ from typing import Any
 
 from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
 from ..diffusion.masks import TASKS
+from ..diffusion.samplers import SAMPLERS
+from ..models.dit import DIT_CONFIGS
 from ..pipelines.base import is_video_model
 from ..pipelines.image import DiTPipeline
 
+IMAGE_FLAGS = {"model_name": "--model-name", "vae": "--vae", "dit_cfg": "--dit-cfg"}
 VIDEO_FLAGS = {"task": "--task", "canvas": "--canvas", "num_frames": "--num-frames", "label": "--label",
                "given_frames": "--given-frames", "stride": "--stride"}
 
@@ -44,47 +47,79 @@ nonnegative_float = _number(float, 0.0, what="a number >= 0")
 unit_float = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 
-def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, default_interval=None):
-    """Flags shared by generate, eval and bench (DiT names; diffusers names as aliases)."""
+def guidance_interval(values: list[float] | None) -> tuple[float, float] | None:
+    """--guidance-interval LOW HIGH checked (0 <= LOW <= HIGH <= 1)."""
+    if values is None:
+        return None
+    low, high = values
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"--guidance-interval {low:g} {high:g}: give noise levels LOW <= HIGH in [0, 1] (1 = pure "
+                         f"noise), e.g. --guidance-interval 0.1 0.9")
+    return low, high
+
+
+def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, default_interval=None,
+                      image: bool = True, threads: int = 0):
+    """Flags shared by generate, generate-video, eval, calibrate and bench (DiT names; diffusers names as aliases).
+    ``image``: also the flags only image DiTs take (--model-name, --vae, --dit-cfg); ``threads``: --threads default."""
     p.add_argument("--model", default="mnist-dit",
-                   help="bundled model name, .safetensors file, results folder, or an official DiT .pt checkpoint")
-    p.add_argument("--model-name", default="DiT-XL/2", help="architecture of an official .pt checkpoint")
-    p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent models, e.g. sd-vae-ft-ema)")
-    p.add_argument("--num-sampling-steps", "--num-inference-steps", dest="num_sampling_steps", type=int,
-                   default=default_steps)
-    p.add_argument("--sampler", default="ddim", help="ddpm | ddim | dpm++2m (DDPM models); euler | heun (flow models)")
-    p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=float, default=default_cfg)
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="bundled model name, .safetensors file, results or checkpoint folder (EMA weights)"
+                        + (", or an official DiT .pt checkpoint" if image else ""))
+    if image:
+        p.add_argument("--model-name", choices=DIT_CONFIGS, metavar="NAME",
+                       help="architecture of an official .pt checkpoint, e.g. DiT-XL/2 (the default), DiT-B/4")
+        p.add_argument("--vae", help="local diffusers AutoencoderKL folder (latent models, e.g. sd-vae-ft-ema)")
+    p.add_argument("--num-sampling-steps", "--num-inference-steps", dest="num_sampling_steps", type=positive_int,
+                   default=default_steps, help="denoising steps")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
+                   help="ddpm | ddim | dpm++2m (DDPM models); euler | heun | ddim (flow models)")
+    p.add_argument("--cfg-scale", "--guidance-scale", dest="cfg_scale", type=nonnegative_float, default=default_cfg,
+                   help="classifier-free guidance scale (1 = off, 0 = unconditional)")
+    p.add_argument("--guidance-interval", type=unit_float, nargs=2, metavar=("LOW", "HIGH"),
                    default=list(default_interval) if default_interval else None,
                    help="apply guidance only at noise levels in [LOW, HIGH] (1 = pure noise; 0 1 = everywhere)"
                         + (f"; default {default_interval[0]:g} {default_interval[1]:g}" if default_interval else ""))
-    p.add_argument("--dit-cfg", action="store_true", help="guide only the first 3 channels, as the original DiT")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per forward batch (default: all at once)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    if image:
+        p.add_argument("--dit-cfg", action="store_true", help="guide only the first 3 channels, as the original DiT")
+    p.add_argument("--eta", type=unit_float, default=0.0, help="DDIM eta in [0, 1] (0 = deterministic)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="sample i uses seed + i, whatever the batch size")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="samples per forward batch (default: all at once)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_arg(p, threads)
 
 
 def add_threads_arg(p, default: int = 0):
     """``--threads``: torch CPU threads, set by the CLI before the command runs (0 = torch's default)."""
-    p.add_argument("--threads", type=int, default=default,
+    p.add_argument("--threads", type=nonnegative_int, default=default,
                    help=f"torch CPU threads (0 = torch's default){'' if default == 0 else f'; default {default}'}")
 
 
 def sampling_kwargs(args) -> dict:
+    """The image pipeline's sampling keyword arguments from the flags of :func:`add_sampling_args`."""
     return dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                seed=args.seed, eta=args.eta, guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-                guide_channels=3 if args.dit_cfg else None, batch_size=args.batch_size)
+                seed=args.seed, eta=args.eta, guidance_interval=guidance_interval(args.guidance_interval),
+                guide_channels=3 if getattr(args, "dit_cfg", False) else None, batch_size=args.batch_size)
 
 
 def load_pipeline(args) -> DiTPipeline:
     """The image pipeline of ``--model`` (with ``--vae`` and ``--model-name`` for official checkpoints)."""
-    return DiTPipeline.from_pretrained(args.model, args.device, autoencoder=args.vae, model_name=args.model_name)
+    return DiTPipeline.from_pretrained(args.model, args.device, autoencoder=args.vae,
+                                       model_name=args.model_name or "DiT-XL/2")
+
+
+def check_video_model_flags(args) -> None:
+    """Refuse the flags only image DiTs take when ``--model`` is a video DiT."""
+    for dest, flag in IMAGE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value not in (None, False):
+            raise ValueError(f"{flag} applies to image DiTs; {args.model} is a video DiT (pixel space, no official "
+                             f"checkpoint): drop {flag}")
 
 
 def add_context_scale_arg(p):
-    p.add_argument("--context-scale", type=float, default=1.0,
+    p.add_argument("--context-scale", type=nonnegative_float, default=1.0,
                    help="video: guidance towards the given frames, v_free + s (v_given - v_free) with v_free the "
                         "prediction with nothing given (1 = off; costs one more network call per step)")
 
@@ -96,12 +131,16 @@ def add_task_args(p):
     add_context_scale_arg(p)
     p.add_argument("--task", choices=TASKS, help="video models: the VDT task on held-out Moving MNIST clips "
                                                  "(default predict: the first half of the frames given)")
-    p.add_argument("--label", type=int, help="video models: class of every video (default: none, the null label)")
-    p.add_argument("--given-frames", type=int, help="video predict/backward: number of given frames (default half)")
-    p.add_argument("--stride", type=int, help="video interpolate: every n-th frame is given (and the last) [4]")
-    p.add_argument("--canvas", type=int, help="video models: frame side in pixels, the model rebuilt for it (default: "
-                                              "its training size; a multiple of the patch size)")
-    p.add_argument("--num-frames", type=int, help="video models: frames per video (default: the model's window)")
+    p.add_argument("--label", type=nonnegative_int,
+                   help="video models: class of every video (default: none, the null label)")
+    p.add_argument("--given-frames", type=positive_int,
+                   help="video predict/backward: number of given frames (default half)")
+    p.add_argument("--stride", type=positive_int,
+                   help="video interpolate: every n-th frame is given (and the last) [4]")
+    p.add_argument("--canvas", type=positive_int, help="video models: frame side in pixels, the model rebuilt for it "
+                                                       "(default: its training size; a multiple of the patch size)")
+    p.add_argument("--num-frames", type=positive_int,
+                   help="video models: frames per video (default: the model's window)")
 
 
 def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | VideoTask]:
@@ -120,8 +159,7 @@ def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | Video
         pipe = load_pipeline(args)
         sampling.update(sampler=args.sampler or "ddim", cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale)
         return pipe, default_task(pipe, num_samples, seed, sampling)
-    if args.dit_cfg:
-        raise ValueError("--dit-cfg guides the first 3 channels of an image DiT; video models take no --dit-cfg")
+    check_video_model_flags(args)
     pipe, native = video_pipeline_on_canvas(args.model, args.device, args.canvas, args.num_frames)
     if args.task == "story" and args.label is not None:
         raise ValueError("task 'story' follows each clip's own per-frame labels: drop --label")

@@ -6,11 +6,31 @@ import time
 
 import numpy as np
 
+from ..acceleration.recipes import check_recipe
+from ..core.outputs import atomic_write, check_output_path
 from ..core.visual import save_grid
-from .flags import add_sampling_args, load_pipeline, sampling_kwargs
+from ..models.interop.autoencoder import check_autoencoder_folder
+from ..pipelines.base import is_video_model
+from .flags import add_sampling_args, guidance_interval, load_pipeline, nonnegative_int, positive_int, sampling_kwargs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def check_args(args) -> None:
+    """Everything checked before the model is loaded."""
+    check_output_path(args.out, "--out", IMAGE_SUFFIXES)
+    check_output_path(args.npz, "--npz", (".npz",))
+    guidance_interval(args.guidance_interval)
+    check_recipe(args.recipe)
+    if args.vae:
+        check_autoencoder_folder(args.vae)
+    if is_video_model(args.model):
+        raise ValueError(f"{args.model} is a video DiT: generate videos with `ditkit generate-video --model "
+                         f"{args.model} --task predict` (or another --task)")
 
 
 def run(args):
+    check_args(args)
     pipe = load_pipeline(args).set_recipe(args.recipe)
     base = args.class_labels or list(range(pipe.num_classes))
     n = args.num_samples or (len(args.class_labels) if args.class_labels else 40)
@@ -20,22 +40,24 @@ def run(args):
     seconds = time.time() - t0
     nrow = args.nrow or min(len(labels), pipe.num_classes)
     path = save_grid(images, args.out, nrow=nrow, upscale=args.upscale)
-    msg = f"wrote {path} ({len(labels)} samples, {args.sampler} {args.num_sampling_steps} steps, cfg {args.cfg_scale}) in {seconds:.1f} s"
+    msg = (f"wrote {path} ({len(labels)} samples, {args.sampler} {args.num_sampling_steps} steps, cfg "
+           f"{args.cfg_scale:g}) in {seconds:.1f} s")
     if args.npz:
-        np.savez(args.npz, images=images.cpu().numpy(), labels=np.array(labels), seeds=np.arange(len(labels)) + args.seed)
-        msg += f"; arrays in {args.npz}"
+        arrays = dict(images=images.cpu().numpy(), labels=np.array(labels), seeds=np.arange(len(labels)) + args.seed)
+        msg += f"; arrays in {atomic_write(args.npz, lambda tmp: np.savez(tmp, **arrays))}"
     print(msg)
 
 
 def register(sub):
     g = sub.add_parser("generate", help="sample class-conditional images into a PNG grid")
     add_sampling_args(g)
-    g.add_argument("--class-labels", type=int, nargs="+", help="labels to generate (default: 0, 1, 2, ... cycling)")
-    g.add_argument("--num-samples", type=int, default=None,
+    g.add_argument("--class-labels", type=nonnegative_int, nargs="+",
+                   help="labels to generate (default: 0, 1, 2, ... cycling)")
+    g.add_argument("--num-samples", type=positive_int, default=None,
                    help="number of samples (default: one per --class-labels entry, or 40)")
-    g.add_argument("--out", default="out/grid.png")
-    g.add_argument("--nrow", type=int, default=None, help="images per grid row (default: number of classes)")
-    g.add_argument("--upscale", type=int, default=2, help="nearest-neighbour upscaling of the PNG grid")
+    g.add_argument("--out", default="out/grid.png", help="the PNG grid (.png, .jpg or .webp)")
+    g.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: number of classes)")
+    g.add_argument("--upscale", type=positive_int, default=2, help="nearest-neighbour upscaling of the PNG grid")
     g.add_argument("--npz", help="also save the raw samples, labels and seeds to this .npz")
     g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1 or fora:interval=3+w8a8")
     g.set_defaults(fn=run)

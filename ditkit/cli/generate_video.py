@@ -13,13 +13,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..acceleration.recipes import check_recipe
 from ..core.config import from_dict
+from ..core.outputs import check_output_path
 from ..core.configs import VideoTrainConfig
 from ..core.video_io import load_video, resize_frames, save_video
 from ..diffusion.masks import TASKS
 from ..evaluation.video import heldout_clips
+from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline, video_condition
-from .flags import add_context_scale_arg, add_sampling_args
+from .flags import add_context_scale_arg, add_sampling_args, nonnegative_int, positive_int
+
+VIDEO_SUFFIXES = (".gif", ".mp4", ".png")
 
 
 def load_mask(path: str | Path) -> torch.Tensor:
@@ -55,7 +60,27 @@ def load_context(spec: str, pipe) -> torch.Tensor:
     return load_video(spec, pipe.frame_shape[0])
 
 
+def check_args(args) -> None:
+    """Everything checked before the model is loaded."""
+    check_output_path(args.out, "--out", VIDEO_SUFFIXES)
+    check_recipe(args.recipe)
+    if args.mask is not None and args.task != "complete":
+        raise ValueError(f"--mask gives the region to generate in every frame, which is task 'complete'; --task "
+                         f"{args.task} sets its own mask (which frames are given): use --task complete --mask "
+                         f"{args.mask}, or drop --mask")
+    if args.mask is not None and not Path(args.mask).is_file():
+        raise FileNotFoundError(f"--mask {args.mask}: no such file; give a .npy [F, H, W] or [H, W] array, or a .png "
+                                f"(white = generate)")
+    if args.context is not None and not args.context.startswith("heldout:") and not Path(args.context).is_file():
+        raise FileNotFoundError(f"--context {args.context}: no such file; give a video (.gif, .mp4, ...), a frame "
+                                f"(.png, .jpg), a .npy array, or heldout:I for held-out clip I")
+    if not is_video_model(resolve_model_path(args.model)):
+        raise ValueError(f"{args.model} is not a video DiT: image DiTs sample with `ditkit "
+                         f"generate --model {args.model}`; bundled video model: moving-mnist-vdt")
+
+
 def run(args):
+    check_args(args)
     pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
     F = args.num_frames or pipe.num_frames
     if F < 2:
@@ -92,7 +117,7 @@ def run(args):
 def register(sub):
     g = sub.add_parser("generate-video", help="generate a video by masking: predict, backward, interpolate, animate, "
                                               "complete, story or uncond; writes GIF, MP4 and a frame-strip PNG")
-    add_sampling_args(g)
+    add_sampling_args(g, image=False)
     g.set_defaults(model="moving-mnist-vdt", sampler=None, cfg_scale=1.0)
     add_context_scale_arg(g)
     g.add_argument("--task", choices=TASKS, required=True,
@@ -103,17 +128,18 @@ def register(sub):
                                      "full-length video or just the given frames in order; 'heldout:I' = clip I of "
                                      "the held-out Moving MNIST evaluation set")
     g.add_argument("--resize", action="store_true", help="resize context frames to the model's frame size")
-    g.add_argument("--num-frames", type=int, help="frames to generate (default: the model's window; longer videos "
+    g.add_argument("--num-frames", type=positive_int, help="frames to generate (default: the model's window; longer videos "
                                                   "are continued window by window with half-window overlap)")
-    g.add_argument("--given-frames", type=int, help="predict/backward: number of given frames (default: the "
+    g.add_argument("--given-frames", type=positive_int, help="predict/backward: number of given frames (default: the "
                                                     "context's frame count, or half for a full-length context)")
-    g.add_argument("--stride", type=int, default=4, help="interpolate: every n-th frame is given (and the last)")
+    g.add_argument("--stride", type=positive_int, default=4, help="interpolate: every n-th frame is given (and the last)")
     g.add_argument("--mask", help="a custom mask, 1/white = generate: .npy [F, H, W] or [H, W], or .png")
-    g.add_argument("--label", type=int, help="class of the whole video")
-    g.add_argument("--frame-labels", type=int, nargs="+", help="one class per frame (story); 1 value = every frame")
-    g.add_argument("--out", default="out/video.gif", help="output path; .gif, .mp4 and .png are written side by side")
-    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--label", type=nonnegative_int, help="class of the whole video")
+    g.add_argument("--frame-labels", type=nonnegative_int, nargs="+", help="one class per frame (story); 1 value = every frame")
+    g.add_argument("--out", default="out/video.gif", help="output path (.gif, .mp4 or .png); the .gif, the .mp4 and "
+                                                           "the .png frame strip are written side by side")
+    g.add_argument("--fps", type=positive_int, default=8, help="frames per second of the GIF and MP4")
     g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1, fora:interval=3+w8a8 or "
                                     "taylorseer+topk (a .yaml file works too)")
-    g.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling of the written frames")
+    g.add_argument("--upscale", type=positive_int, default=4, help="nearest-neighbour upscaling of the written frames")
     g.set_defaults(fn=run)

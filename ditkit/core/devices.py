@@ -2,6 +2,8 @@
 machine does not have, or a misspelt one, is an error naming it and the devices that are available."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -42,3 +44,23 @@ def resolve_device(name: str | torch.device, flag: str = "--device") -> torch.de
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{flag} {name}: ditkit runs on cpu, cuda or mps; available here: {available}")
     return device
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory, the CPU's MemAvailable (Linux) or free
+    physical pages; None when the platform does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .outputs import atomic_write
 from .visual import to_uint8
 
 VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv"}
@@ -40,10 +41,8 @@ def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
 def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
     """uint8 [F, H, W, C] -> looping animated GIF (delays are stored in 10 ms units)."""
     images = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return path
+    return atomic_write(path, lambda tmp: images[0].save(tmp, save_all=True, append_images=images[1:],
+                                                         duration=round(1000 / fps), loop=0))
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18) -> Path:
@@ -53,16 +52,16 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 8, crf: int = 18)
     if H % 2 or W % 2:
         raise ValueError(f"MP4 (H.264, yuv420p) needs even frame sizes, got {H}x{W}: upscale by 2 or crop/pad a pixel")
     rgb = np.repeat(frames, 3, axis=-1) if C == 1 else frames
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for f in rgb:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        container.mux(stream.encode())
-    return path
+
+    def encode(tmp: str):
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for f in rgb:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            container.mux(stream.encode())
+    return atomic_write(path, encode)
 
 
 def read_video(path: str | Path) -> np.ndarray:
@@ -141,10 +140,7 @@ def write_strip(video: torch.Tensor, path: str | Path, mask: torch.Tensor | None
         draw.rectangle([x0 - pad + 1, 0, x0 + W + pad - 2, H + 2 * pad - 1], fill=colour)
         canvas.paste(Image.fromarray(rgb[f]), (x0, pad))
         draw.text((x0, H + 2 * pad), text, fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return atomic_write(path, canvas.save)
 
 
 def save_video(video: torch.Tensor, out: str | Path, mask: torch.Tensor | None = None, fps: int = 8,

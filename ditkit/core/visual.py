@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .outputs import atomic_write
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 (scale, clamp, round)."""
@@ -33,10 +35,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 10, upscale: i
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    return atomic_write(path, img.save)
 
 
 def pyplot():
@@ -51,10 +50,8 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure (parent folders created) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    """Write a matplotlib figure atomically (parent folders created) and close it."""
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path

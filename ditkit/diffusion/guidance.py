@@ -24,6 +24,23 @@ def noise_level(t: float, process) -> float:
     return t / (len(process.betas) - 1)
 
 
+def check_guidance_scale(scale, name: str = "cfg_scale") -> None:
+    """A guidance scale is a finite number >= 0 (1 = no guidance, 0 = the unconditional branch alone)."""
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"{name}={scale!r} is not a guidance scale: expected a finite number >= 0 (1 = no guidance; "
+                         f"4 is usual for the bundled image models)")
+
+
+def check_guidance_interval(interval) -> None:
+    """A guidance interval is (low, high) noise levels with 0 <= low <= high <= 1."""
+    if interval is None:
+        return
+    ok = len(interval) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in interval)
+    if not ok or not 0 <= interval[0] <= interval[1] <= 1:
+        raise ValueError(f"guidance_interval={tuple(interval)!r} is not valid: expected (low, high) noise levels with "
+                         f"0 <= low <= high <= 1 (1 = pure noise), e.g. 0.1 0.9")
+
+
 class GuidedModel:
     """``model_fn(x, t)`` for samplers. ``batched`` runs [cond; uncond] in one call of 2N samples (DiT's order);
     otherwise two separate calls, conditional first. ``branch_callback(name)`` is told which branch each network call
@@ -32,6 +49,8 @@ class GuidedModel:
     def __init__(self, model, labels: torch.Tensor, null_label: int, cfg_scale: float = 1.0, process=None,
                  guide_channels: int | None = None, interval: tuple[float, float] | None = None, batched: bool = True,
                  branch_callback=None):
+        check_guidance_scale(cfg_scale)
+        check_guidance_interval(interval)
         self.model, self.labels, self.null_label = model, labels, null_label
         self.cfg_scale, self.process, self.guide_channels = cfg_scale, process, guide_channels
         self.interval, self.batched = interval, batched
@@ -76,6 +95,7 @@ class ContextGuidedModel:
     is told "free" before the extra network call."""
 
     def __init__(self, given, free, scale: float, branch_callback=None):
+        check_guidance_scale(scale, "context_scale")
         self.given, self.free, self.scale = given, free, scale
         self.branch_callback = branch_callback or (lambda branch: None)
 

@@ -22,6 +22,7 @@ from .gaussian import GaussianDiffusion, space_timesteps
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 FLOW_SAMPLERS = ("euler", "heun", "ddim")
+SAMPLERS = tuple(dict.fromkeys(GAUSSIAN_SAMPLERS + FLOW_SAMPLERS))
 
 
 class NoiseSource:
@@ -71,6 +72,9 @@ def sample(model_fn: ModelFn, x: torch.Tensor, process, sampler: str, num_steps:
 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)} (DDPM models: "
+                         f"{', '.join(GAUSSIAN_SAMPLERS)}; flow-matching models: {', '.join(FLOW_SAMPLERS)})")
     if isinstance(process, FlowMatching):
         if sampler not in FLOW_SAMPLERS:
             raise ValueError(f"sampler {sampler!r} does not apply to a flow-matching model; use one of {FLOW_SAMPLERS}")

@@ -25,16 +25,20 @@ def bundled_models() -> list[str]:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A bundled model name (e.g. 'mnist-dit'), a .safetensors file, or a training results folder."""
+    """A bundled model name (e.g. 'mnist-dit'), a .safetensors file, a training results folder (its exported EMA
+    model) or a training checkpoint folder (its EMA weights, ``ema.safetensors``, as DiT samples)."""
     p = Path(name_or_path)
+    if p.is_dir() and (p / "ema.safetensors").is_file():
+        return p / "ema.safetensors"
     if p.is_dir() and (p / "model.safetensors").is_file():
         return p / "model.safetensors"
     if p.is_file():
         return p
     if (ASSETS / f"{name_or_path}.safetensors").is_file():
         return ASSETS / f"{name_or_path}.safetensors"
-    raise FileNotFoundError(f"no model {name_or_path!r}: not a file, a results folder with model.safetensors, nor a "
-                            f"bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
+    raise FileNotFoundError(f"no model {name_or_path!r}: not a file, a results folder with model.safetensors, a "
+                            f"checkpoint folder with ema.safetensors, nor a bundled model (bundled: "
+                            f"{', '.join(bundled_models()) or 'none'})")
 
 
 def is_video_model(name_or_path: str | Path) -> bool:
@@ -46,13 +50,21 @@ def is_video_model(name_or_path: str | Path) -> bool:
     return path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") == VideoDiT.format_name
 
 
-def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu", hint: str = "") -> tuple:
+# What to use for a model file of each format, when a command for another kind was given it
+FORMAT_COMMANDS = {DiT.format_name: "it is an image DiT: sample it with `ditkit generate` (scores: `ditkit eval`)",
+                   VideoDiT.format_name: "it is a video DiT: sample it with `ditkit generate-video --task ...` "
+                                         "(scores: `ditkit eval --task ...`)"}
+
+
+def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu") -> tuple:
     """A ditkit safetensors file of ``model_cls`` (float or quantized) -> (model in eval mode, metadata);
-    a file of another kind is an error naming its format, followed by ``hint``."""
+    a file of another kind is an error naming its format and the command for it."""
     meta = ckpt.read_metadata(path)
-    if meta.get("format") != model_cls.format_name:
-        raise ValueError(f"{path} is not a ditkit {model_cls.__name__} file (metadata format {meta.get('format')!r}); "
-                         f"{hint}")
+    found = meta.get("format")
+    if found != model_cls.format_name:
+        hint = FORMAT_COMMANDS.get(found, "it is not a ditkit model file (an official DiT .pt checkpoint loads "
+                                          "with --model-name, e.g. DiT-XL/2)")
+        raise ValueError(f"{path} is not a ditkit {model_cls.__name__} file (metadata format {found!r}): {hint}")
     build = lambda: model_cls(config_cls(**meta["dit_config"]))
     if meta.get("quantization"):                # int8/int4 layers, never materialising the float weights
         model = build_quantized(build, meta["quantization"])

@@ -31,7 +31,7 @@ def load_dit(name_or_path: str | Path, device="cpu", model_name: str = "DiT-XL/2
     if path.suffix in (".pt", ".pth"):
         model = load_official_checkpoint(path, model_name)
         return model.to(device), {"format": "official-dit", "model_name": model_name}
-    return load_ditkit_model(path, DiT, DiTConfig, device, "official DiT checkpoints load from their .pt file")
+    return load_ditkit_model(path, DiT, DiTConfig, device)
 
 
 class DiTPipeline(Pipeline):

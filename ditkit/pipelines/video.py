@@ -26,8 +26,7 @@ from .build import build_process
 
 def load_video_dit(name_or_path: str | Path, device="cpu") -> tuple[VideoDiT, dict]:
     """Load a ditkit VideoDiT safetensors file (bundled name, file or results folder); returns (model, metadata)."""
-    return load_ditkit_model(resolve_model_path(name_or_path), VideoDiT, VideoDiTConfig, device,
-                             "image DiTs generate with `ditkit generate`")
+    return load_ditkit_model(resolve_model_path(name_or_path), VideoDiT, VideoDiTConfig, device)
 
 
 def video_condition(task: str, context: torch.Tensor | None, num_frames: int, frame_shape: tuple[int, int, int],
@@ -52,9 +51,10 @@ def video_condition(task: str, context: torch.Tensor | None, num_frames: int, fr
     if mask is not None or task == "complete":
         if K != F:
             raise ValueError(f"task {task!r} with a spatial mask needs a full {F}-frame context video, got {K} frames")
+        if mask is not None and tuple(mask.shape) not in ((F, H, W), (H, W)):
+            raise ValueError(f"the mask is {list(mask.shape)} but this model makes {F} frames of {H}x{W}: give a "
+                             f"[{F}, {H}, {W}] or [{H}, {W}] mask (1 = generate)")
         mask = task_mask("complete", F, H, W) if mask is None else mask.float().expand(F, H, W).clone()
-        if tuple(mask.shape) != (F, H, W):
-            raise ValueError(f"mask must be [{F}, {H}, {W}] or [{H}, {W}], got {list(mask.shape)}")
         return context, check_mask(mask)
     if task in ("predict", "backward") and given is None and K < F:
         given = K

@@ -23,15 +23,16 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..acceleration.attention.base import longest_attention
 from ..core import checkpoint as ckpt
 from ..core.config import to_dict
 from ..core.configs import TrainConfig
-from ..core.devices import resolve_device
+from ..core.devices import available_memory, resolve_device
 from ..core.outputs import write_text
 from ..core.progress import progress_bar
 from ..data.images import load_image_data
 from ..models.dit import dit_config
-from ..models.interop.autoencoder import Autoencoder
+from ..models.interop.autoencoder import Autoencoder, check_autoencoder_folder
 from ..pipelines.build import build_model, build_process
 
 # What a finished or started run leaves in its results folder (``--overwrite`` removes these)
@@ -109,8 +110,9 @@ def prune_checkpoints(results_dir: str | Path, keep: int) -> None:
             shutil.rmtree(path)
 
 
-def prepare_results_dir(results_dir: str | Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to train over an earlier run unless resuming it or ``overwrite`` (which removes its files)."""
+def check_results_dir(results_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to train over an earlier run unless resuming it or ``overwrite`` (:func:`clear_run` removes it once
+    every other check has passed)."""
     results = Path(results_dir)
     if resume and overwrite:
         raise ValueError(f"--resume {resume} continues the run in {results} and --overwrite deletes it: give one")
@@ -124,10 +126,44 @@ def prepare_results_dir(results_dir: str | Path, resume: str | None, overwrite: 
         raise ValueError(f"train.results_dir {results} already holds a run ({', '.join(found)}); continue it with "
                          f"--resume auto, train into another folder with --set train.results_dir={results}-2, or "
                          f"start again with --overwrite (deletes its {', '.join(RUN_FILES)})")
-    if overwrite and os.environ.get("RANK", "0") == "0":
-        for name in RUN_FILES:
-            path = results / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def clear_run(results_dir: str | Path) -> None:
+    """Delete an earlier run's files (``--overwrite``)."""
+    for name in RUN_FILES:
+        path = Path(results_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def training_memory(model, local_batch: int) -> tuple[int, int]:
+    """Estimated bytes of one training step of ``model`` (a DiT or VideoDiT) on ``local_batch`` samples, as (weights,
+    gradients, AdamW moments and EMA: 5 float32 copies of the parameters; activations of the whole batch). The
+    activations follow Korthikanti et al. (2022), 34 s h + 5 a s^2 bytes per sample and block in 16 bits, doubled for
+    float32, with s the tokens and the attention term over the longest attention call: an estimate (within about
+    2x), to refuse batches that cannot fit before any work."""
+    config = model.config
+    frames = config.num_frames // config.tubelet if hasattr(config, "num_frames") else 1
+    tokens = frames * model.grid[0] * model.grid[1]
+    attention = longest_attention(model) or tokens
+    per_sample = config.depth * 2 * (34 * tokens * config.hidden_size + 5 * config.num_heads * tokens * attention)
+    return 5 * 4 * sum(p.numel() for p in model.parameters()), local_batch * per_sample
+
+
+def check_memory(model, local_batch: int, device: torch.device) -> None:
+    """Refuse ``train.global_batch_size`` when the step's estimated memory (:func:`training_memory`) exceeds what
+    ``device`` has free, naming the estimate and the largest batch that fits."""
+    free = available_memory(device)
+    static, activations = training_memory(model, local_batch)
+    if free is None or static + activations <= free:
+        return
+    per_sample = activations / local_batch
+    fits = int((free - static) // per_sample) if free > static else 0
+    gib = 2 ** 30
+    fix = (f"use train.global_batch_size <= {fits} per process" if fits else "this model does not fit this device")
+    raise ValueError(f"train.global_batch_size needs about {(static + activations) / gib:.1f} GiB per process on "
+                     f"{device} (estimate: {activations / gib:.1f} GiB of activations for {local_batch} samples, "
+                     f"{static / gib:.1f} GiB of weights, gradients, optimizer and EMA) but {free / gib:.1f} GiB is "
+                     f"free: {fix}, or train on a device with more memory")
 
 
 def _unreadable(path: Path, file: Path, err) -> ValueError:
@@ -250,11 +286,15 @@ def _setup_distributed(device: torch.device):
     return dist.get_rank(), dist.get_world_size()
 
 
-def prepare_training(cfg, resume: str | None, overwrite: bool) -> Path | None:
-    """Everything checked before any work: the config, the results folder, the checkpoint to resume (returned).
-    Applies ``train.num_threads``."""
+def prepare_training(cfg, resume: str | None, overwrite: bool, dit_name: str) -> Path | None:
+    """Everything checked before any work: the config, the patch size of DiT ``dit_name`` (pixel space) or the
+    autoencoder folder, the results folder, the checkpoint to resume (returned). Applies ``train.num_threads``."""
     cfg.validate()
-    prepare_results_dir(cfg.train.results_dir, resume, overwrite)
+    if getattr(cfg.model, "autoencoder", None):
+        check_autoencoder_folder(cfg.model.autoencoder)
+    else:
+        _patch_size(dit_name, cfg.model.input_size)
+    check_results_dir(cfg.train.results_dir, resume, overwrite)
     path = resume_checkpoint(cfg.train.results_dir, resume, cfg.train.steps)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -276,9 +316,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     ``max_steps`` stops early (after checkpointing) without changing the schedule, for tests and time limits;
     ``overwrite`` deletes an earlier run in ``train.results_dir`` (without it, or ``resume``, that is an error)."""
     t_cfg = cfg.train
-    resume_path = prepare_training(cfg, resume, overwrite)
-    if not cfg.model.autoencoder:
-        _patch_size(cfg.model.name, cfg.model.input_size)
+    resume_path = prepare_training(cfg, resume, overwrite, cfg.model.name)
     device = resolve_device(t_cfg.device, flag="train.device")
     rank, world = _setup_distributed(device)
     if device.type == "cuda" and world > 1:
@@ -319,17 +357,21 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         drop = (torch.rand(B, generator=g) < cfg.model.class_dropout_prob)[lo:lo + local_batch].to(device)
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop})
 
-    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps)
+    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps, overwrite)
 
 
 def run_training(cfg, model, losses, device: torch.device, rank: int, world: int, resume: Path | None,
-                 progress: bool | None, max_steps: int | None) -> Path:
+                 progress: bool | None, max_steps: int | None, overwrite: bool = False) -> Path:
     """The optimisation loop shared by the image and video trainers: AdamW + LR schedule, EMA, resume (from the
     checkpoint folder ``resume``, see :func:`prepare_training`), DDP, JSONL log, progress, checkpoints and the
     exported EMA model. ``losses(train_model, step, g)`` builds this rank's part of the global batch of ``step`` from
-    the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample)."""
+    the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample). ``overwrite`` deletes an
+    earlier run in the results folder once the batch is known to fit (:func:`check_memory`)."""
     t_cfg = cfg.train
     results = Path(t_cfg.results_dir)
+    check_memory(model, t_cfg.global_batch_size // world, device)
+    if overwrite and rank == 0:
+        clear_run(results)
     ema = EMA(model, t_cfg.ema_decay)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t_cfg.lr,
                             weight_decay=t_cfg.weight_decay, betas=(0.9, 0.999))

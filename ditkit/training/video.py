@@ -19,7 +19,7 @@ from ..diffusion.masks import training_masks
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from ..pipelines.build import build_process
 from ..pipelines.image import load_dit
-from .trainer import _patch_size, _setup_distributed, batch_indices, prepare_training, run_training
+from .trainer import _setup_distributed, batch_indices, prepare_training, run_training
 
 
 def load_video_data(section: VideoDataSection, split: str = "train", seed: int = 0):
@@ -51,8 +51,7 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     """Train; returns the path of the exported EMA model (``<results_dir>/model.safetensors``). ``resume``,
     ``max_steps`` and ``overwrite`` as in :func:`~ditkit.training.trainer.train`."""
     t_cfg, m_cfg = cfg.train, cfg.model
-    resume_path = prepare_training(cfg, resume, overwrite)
-    _patch_size(m_cfg.name.replace("VideoDiT-", "DiT-", 1), m_cfg.input_size)
+    resume_path = prepare_training(cfg, resume, overwrite, m_cfg.name.replace("VideoDiT-", "DiT-", 1))
     device = resolve_device(t_cfg.device, flag="train.device")
     rank, world = _setup_distributed(device)
     if t_cfg.global_batch_size % world:
@@ -84,4 +83,4 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
                                                                   "mask": mask}, loss_mask=mask.expand_as(x))
 
-    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps)
+    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps, overwrite)

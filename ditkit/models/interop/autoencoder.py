@@ -5,13 +5,25 @@ path; latents are scaled by the VAE's scaling factor (0.18215 for the SD VAE) as
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+
+def check_autoencoder_folder(path: str | Path) -> None:
+    """A local AutoencoderKL folder has a config.json (nothing is downloaded); otherwise an error naming the path."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        what = "has no config.json" if folder.is_dir() else "does not exist"
+        raise FileNotFoundError(f"autoencoder folder {folder} {what}: give a local diffusers AutoencoderKL folder "
+                                f"(config.json + weights, e.g. a download of stabilityai/sd-vae-ft-ema; CLI: --vae)")
 
 
 class Autoencoder:
     """Wraps a diffusers AutoencoderKL: images [N, 3, H, W] in [-1, 1] <-> latents [N, 4, H/8, W/8]."""
 
     def __init__(self, path: str, device="cpu", dtype=torch.float32):
+        check_autoencoder_folder(path)
         try:
             from diffusers import AutoencoderKL
         except ImportError:

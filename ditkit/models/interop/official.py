@@ -21,7 +21,7 @@ import torch
 from ...core.checkpoint import CheckpointMismatchError, load_state_dict_strict
 from ...core.outputs import atomic_write
 from ..attention import Attention
-from ..dit import DiT, DiTConfig, dit_config, sincos_2d
+from ..dit import DIT_CONFIGS, DiT, DiTConfig, dit_config, sincos_2d
 
 VAE_STRIDE = 8  # SD VAE: image side / latent side
 
@@ -50,15 +50,15 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(e), re.IGNORECASE)
         if found:
-            raise ValueError(f"{path} contains a pickled {found.group(1)} object, not only weights; ditkit refuses "
-                             f"to unpickle it (that could run arbitrary code). If you trust the file, extract the "
-                             f"weights once, e.g. torch.save(torch.load(path, weights_only=False)['ema'], "
-                             f"'ema.pt')") from None
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); the file is corrupt or truncated: download it "
-                         f"again") from None
+            raise ValueError(f"{path} was refused: it holds a pickled {found.group(1)} object, not only weights, and "
+                             f"unpickling it could run arbitrary code. If you trust the file, extract the weights "
+                             f"once, e.g. torch.save(torch.load(path, weights_only=False)['ema'], 'ema.pt')") from None
+        lines = [line for line in str(e).splitlines() if line.strip()] or [""]
+        detail = next((line for line in lines if "Unsupported" in line), lines[0])
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {detail.strip()[:200]}); "
+                         f"the file is corrupt or truncated: download it again") from None
     if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
         obj = obj["ema"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -99,11 +99,28 @@ def load_official_checkpoint(path: str | Path, model_name: str = "DiT-XL/2", ima
     ``model_name`` / ``num_classes`` / ``learn_sigma`` raises CheckpointMismatchError listing keys and shapes.
     """
     state_dict = read_official_state_dict(path)
+    matching = architecture_of(state_dict)
+    if matching and model_name not in matching:
+        raise CheckpointMismatchError(f"{path} holds a {' / '.join(matching)} (depth, width and patch size read from "
+                                      f"its weights), not a {model_name}: pass --model-name {matching[0]} "
+                                      f"(Python: model_name={matching[0]!r})")
     patch = dit_config(model_name).patch_size
     latent = _latent_size(state_dict, patch, image_size, str(path))
     model = empty_dit(dit_config(model_name, input_size=latent, num_classes=num_classes, learn_sigma=learn_sigma))
     load_state_dict_strict(model, state_dict, str(path), optional=("pos_embed",))
     return model.eval()
+
+
+def architecture_of(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The DiT config names ('DiT-XL/2') whose depth, hidden size and patch size match a state dict; empty when the
+    weights do not look like a DiT (the strict load then lists the differences)."""
+    patch_weight = state_dict.get("x_embedder.proj.weight")          # [hidden, C, p, p]
+    if patch_weight is None or patch_weight.ndim != 4:
+        return []
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
+    hidden, patch = patch_weight.shape[0], patch_weight.shape[-1]
+    configs = {name: dit_config(name) for name in DIT_CONFIGS}
+    return [name for name, c in configs.items() if (c.depth, c.hidden_size, c.patch_size) == (depth, hidden, patch)]
 
 
 def save_official(model: DiT, path: str | Path) -> Path:
