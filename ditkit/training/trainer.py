@@ -305,8 +305,11 @@ def _patch_size(name: str, input_size: int) -> int:
     """The patch size of DiT ``name`` ('DiT-T/4'), checked to divide ``input_size``."""
     patch = dit_config(name).patch_size
     if input_size % patch:
+        family = name.rsplit("/", 1)[0]
+        fits = [f"{family}/{p}" for p in (2, 4, 8) if input_size % p == 0]
         raise ValueError(f"model.input_size={input_size} is not divisible by the patch size {patch} of {name}: "
-                         f"use a multiple of {patch}")
+                         f"use {' or '.join(fits) or 'another patch size'}, or a model.input_size that is a "
+                         f"multiple of {patch}")
     return patch
 
 
