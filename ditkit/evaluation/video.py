@@ -19,6 +19,8 @@ PSNR of a frame reproduced exactly is +inf; per-clip values are capped at ``PSNR
 """
 from __future__ import annotations
 
+import functools
+import numbers
 import time
 from pathlib import Path
 
@@ -68,14 +70,44 @@ def _per_frame(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> tu
     return p, s
 
 
-def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out Moving MNIST clips shaped like the model's training data: [num_videos, 1, F, H, W], labels [N, F]."""
+def _heldout_source(train_config, switch_prob: float) -> MovingMNIST:
     d = train_config.data
     if d.name != "moving-mnist":
         raise ValueError(f"video evaluation uses held-out Moving MNIST; this model was trained on {d.name!r} data")
-    data = MovingMNIST("heldout", d.image_size, d.num_frames, d.num_digits, d.digit_size, tuple(d.speed), switch_prob,
-                       EVAL_SEED)
-    return data.get(range(num_videos))
+    return _moving_mnist(d.image_size, d.num_frames, d.num_digits, d.digit_size, tuple(d.speed), float(switch_prob))
+
+
+@functools.lru_cache(maxsize=4)
+def _moving_mnist(canvas, num_frames, num_digits, digit_size, speed, switch_prob) -> MovingMNIST:
+    """The held-out source, built once per shape (loading the digits takes seconds; the source is about 1 MB)."""
+    return MovingMNIST("heldout", canvas, num_frames, num_digits, digit_size, speed, switch_prob, EVAL_SEED)
+
+
+def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out Moving MNIST clips 0..num_videos-1 shaped like the model's training data: [num_videos, 1, F, H, W],
+    per-frame labels [N, F]. Memory: the two output tensors only (4 * F * H * W bytes per clip); for one clip of a
+    large index use :func:`heldout_clip`."""
+    if num_videos < 0:
+        raise ValueError(f"the number of held-out clips must be >= 0, got {num_videos}")
+    return _heldout_source(train_config, switch_prob).get(range(num_videos))
+
+
+def heldout_clip(train_config, index: int, switch_prob: float = 0.0) -> torch.Tensor:
+    """Held-out clip ``index`` alone: [1, F, H, W], bitwise ``heldout_clips(train_config, index + 1)[0][index]`` (clip
+    i is a pure function of the evaluation seed and i, so every index >= 0 is valid). Labels: heldout_clip_labels."""
+    return _heldout_source(train_config, switch_prob).get([_clip_index(index)])[0][0]
+
+
+def heldout_clip_labels(train_config, index: int, switch_prob: float = 0.0) -> torch.Tensor:
+    """Per-frame labels [F] int64 of held-out clip ``index``: ``heldout_clips(train_config, index + 1)[1][index]``."""
+    return _heldout_source(train_config, switch_prob).get([_clip_index(index)])[1][0]
+
+
+def _clip_index(index) -> int:
+    if isinstance(index, numbers.Integral) and not isinstance(index, bool) and index >= 0:
+        return int(index)
+    raise ValueError(f"held-out clip index must be an integer >= 0 (every index from 0 up is a valid clip), got "
+                     f"{index!r}")
 
 
 @torch.no_grad()
