@@ -130,13 +130,13 @@ def test_bars_are_checked_from_the_rows():
             row("a", "ditkit", 4.2, 31.0, 0.945), row("b", "ditkit", 5.0, 35.0, 0.90),
             row("X", "diffusers", 3.0, 33.0, 0.95)]
     one, two, three = bars(rows)
-    assert one.startswith("**PASS**") and "`a` 4.20x" in one                 # b misses the accuracy bar
-    assert two.startswith("**PASS**") and "`b` 5.00x" in two                 # b: >= 33 dB and faster than X
-    assert three.startswith("**PASS**") and "+3.1%" in three
+    assert one.startswith("**met**") and "`a` 4.20x" in one                 # b misses the accuracy bar
+    assert two.startswith("**met**") and "`b` 5.00x" in two                 # b: >= 33 dB and faster than X
+    assert three.startswith("**met**") and "+3.1%" in three
     rows[3]["psnr"] = 32.0
-    assert bars(rows)[1].startswith("**FAIL**")                            # no ditkit recipe reaches 33 dB
+    assert bars(rows)[1].startswith("**not met**")                            # no ditkit recipe reaches 33 dB
     rows[1]["speedup"] = 0.9
-    assert bars(rows)[2].startswith("**FAIL**")
+    assert bars(rows)[2].startswith("**not met**")
 
 
 def test_markdown_report_replaces_only_its_section(tmp_path):

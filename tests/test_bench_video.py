@@ -75,7 +75,7 @@ def test_video_bench_at_two_sizes_in_one_json_and_report(video_file, tmp_path, c
     assert rows[256, f"fora:interval=2+{SPARSE}"]["compute_ratio"] > 1.2
     text = md.read_text()
     assert text.count(VIDEO_MARKERS[0]) == 1 and "### 64 tokens" in text and "### 256 tokens" in text
-    assert "**NOT RUN** — at the native size" in out and "**NOT RUN** — at 8,192 tokens" in out   # 3 steps, 256
+    assert "**not measured** — at the native size" in out and "**not measured** — at 8,192 tokens" in out   # 3 steps, 256
     assert "`fora:interval=1` wall time" in text and "videos bitwise identical: True" in text
     main(common + ["--recipes", "none", "--canvas", "64", "--append"])                  # replaces the 256-token run
     data = json.loads(js.read_text())

@@ -70,7 +70,7 @@ def test_distill_writes_a_loadable_model_with_a_card(tmp_path, objective):
     cfg, teacher = _teacher(objective)
     ckpt.save_weights(tmp_path / "teacher.safetensors", teacher.state_dict(), model_metadata(cfg, teacher, 10))
     out = distill(str(tmp_path / "teacher.safetensors"), tmp_path / "lit.safetensors", steps=2, batch_size=4,
-                  log_every=1, log=lambda m: None)
+                  log_every=1, progress=False)
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["steps"] == 2 and card["teacher_step"] == 10 and "distill_eps" in card["final_losses"]
     pipe = ditkit.load(out)

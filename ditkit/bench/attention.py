@@ -75,7 +75,8 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
     """([(q, k, v) per timestep], label): q, k, v [1, heads, N, d] of the middle attention layer (spatial, or full 3D)
     of the first available trained model of ``models`` on ``layout`` at each network timestep of ``timesteps``
     (input noised with the model's own process): a video DiT sees a held-out Moving MNIST clip (one 16-px digit
-    bouncing over the canvas), an image DiT one held-out digit per frame at a random place; None if no model exists."""
+    bouncing over the canvas; half the canvas on smaller ones), an image DiT one held-out 32-px digit per frame at a
+    random place (the canvas's size on smaller ones); None if no model exists."""
     for name in models:
         built = model_on_canvas(name, layout)
         if built is not None:
@@ -91,14 +92,15 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
     H, W = model.config.image_hw
     g = torch.Generator().manual_seed(seed)
     if kind == "video":
-        clip = MovingMNIST("heldout", H, F, seed=seed).get([0])[0][0]          # [C, F, H, W]
+        clip = MovingMNIST("heldout", H, F, digit_size=min(16, H // 2), seed=seed).get([0])[0][0]    # [C, F, H, W]
         frames = clip.transpose(0, 1)                                           # [F, C, H, W]
     else:
-        digits = load_image_data("mnist", 32, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
+        size = min(32, H, W)
+        digits = load_image_data("mnist", size, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
         frames = torch.full((F, C, H, W), -1.0)
-        ys, xs = torch.randint(0, H - 31, (F,), generator=g), torch.randint(0, W - 31, (F,), generator=g)
+        ys, xs = torch.randint(0, H - size + 1, (F,), generator=g), torch.randint(0, W - size + 1, (F,), generator=g)
         for i in range(F):                                            # one real digit per frame, random place
-            frames[i, :, ys[i]:ys[i] + 32, xs[i]:xs[i] + 32] = digits[i]
+            frames[i, :, ys[i]:ys[i] + size, xs[i]:xs[i] + size] = digits[i]
     noise = torch.randn(frames.shape, generator=g)
     captured = []
     attn.backend = lambda q, k, v, lay: captured.append((q, k, v)) or sdpa(q, k, v)

@@ -18,8 +18,8 @@ COLUMNS = """Columns: **speedup** = median wall time of `none` / median wall tim
 order rotated each round); **CPU-time speedup** = the same with process CPU time (less sensitive to other processes on
 a shared machine); **compute ratio** = exact transformer block evaluations of `none` / of the recipe (attention and MLP
 halves counted per sample and per token, noise-free); **GFLOPs** from `torch.utils.flop_counter` (matmuls,
-convolutions, attention); **peak MB** = peak of tensor memory allocated during one generation (profiler allocation
-events), which includes each method's caches; **PSNR / SSIM** = mean over samples against the `none` images of the same
+convolutions, attention); **peak MB** = peak of tensor memory allocated during one generation (new storages alive at
+once), which includes each method's caches; **PSNR / SSIM** = mean over samples against the `none` images of the same
 seeds (PSNR capped at 100 dB: identical images); **class acc** and **Fréchet dist.** from ditkit's MNIST classifier
 (the Fréchet distance on its 128-d features against the MNIST training digits, reported with more than 128 samples
 only, so that the feature covariance has full rank; not FID)."""
@@ -71,14 +71,14 @@ def _never_skips_bar(rows, bitwise: bool) -> str | None:
         return None
     slow = 1 / never["speedup"] - 1
     same = never["identical"] if bitwise else never["psnr"] >= 100
-    return (f"**{'PASS' if slow <= 0.05 and (same or not bitwise) else 'FAIL'}** — a never-skipping recipe within 5% "
+    return (f"**{'met' if slow <= 0.05 and (same or not bitwise) else 'not met'}** — a never-skipping recipe within 5% "
             f"of none{' with bitwise identical output' if bitwise else ''}: `{NEVER_SKIPS}` wall time "
             f"{100 * slow:+.1f}% (CPU time {100 * (1 / never['cpu_speedup'] - 1):+.1f}%), "
             f"{'videos bitwise identical' if bitwise else 'images identical'}: {same}")
 
 
 def bars(rows: list[dict]) -> list[str]:
-    """The image-model bars, each as a PASS / FAIL line with its numbers: a recipe >= 4x at >= 30 dB and the same class
+    """The image-model bars, each as a met / not met line with its numbers: a recipe >= 4x at >= 30 dB and the same class
     accuracy; ditkit's best faster than diffusers' best at equal PSNR; the never-skipping recipe's overhead."""
     none, out = rows[0], []
     ok = [r for r in rows if r["impl"] == "ditkit" and r["speedup"] >= 4 and r["psnr"] >= 30
@@ -86,7 +86,7 @@ def bars(rows: list[dict]) -> list[str]:
     best = max(ok, key=lambda r: r["speedup"], default=None)
     acc = lambda r: "" if r["class_accuracy"] is None else f", class accuracy {100 * r['class_accuracy']:.1f}% " \
                                                             f"(none {100 * none['class_accuracy']:.1f}%)"
-    out.append(f"**{'PASS' if best else 'FAIL'}** — some ditkit recipe >= 4x wall-clock with PSNR >= 30 dB and class "
+    out.append(f"**{'met' if best else 'not met'}** — some ditkit recipe >= 4x wall-clock with PSNR >= 30 dB and class "
                f"accuracy within 1 point: " + (f"`{best['recipe']}` {best['speedup']:.2f}x, PSNR {best['psnr']:.2f} dB"
                                                + acc(best) if best else "none qualifies"))
     peers = [r for r in rows if r["impl"] == "diffusers" and r["psnr"] >= 30]
@@ -95,7 +95,7 @@ def bars(rows: list[dict]) -> list[str]:
         rivals = [r for r in rows[1:] if r["impl"] == "ditkit" and r["psnr"] >= d["psnr"]]
         k = max(rivals, key=lambda r: r["speedup"], default=None)
         ours = f"`{k['recipe']}` {k['speedup']:.2f}x at {k['psnr']:.2f} dB" if k else "no ditkit recipe reaches it"
-        out.append(f"**{'PASS' if k and k['speedup'] > d['speedup'] else 'FAIL'}** — at equal or better PSNR, ditkit's "
+        out.append(f"**{'met' if k and k['speedup'] > d['speedup'] else 'not met'}** — at equal or better PSNR, ditkit's "
                    f"best is faster than diffusers' best (its fastest hook with PSNR >= 30 dB): {ours} vs diffusers "
                    f"`{d['recipe']}` {d['speedup']:.2f}x at {d['psnr']:.2f} dB")
     never = _never_skips_bar(rows, bitwise=False)
@@ -103,18 +103,18 @@ def bars(rows: list[dict]) -> list[str]:
 
 
 def _speed_bar(rows, keep, speedup: float, psnr: float, text: str) -> str:
-    """PASS if some ditkit row with ``keep(kinds of its recipe)`` reaches ``speedup`` at ``psnr`` dB."""
+    """met if some ditkit row with ``keep(kinds of its recipe)`` reaches ``speedup`` at ``psnr`` dB."""
     rows = [r for r in rows[1:] if r["impl"] == "ditkit" and keep(recipe_kinds(r["recipe"]))]
     ok = [r for r in rows if r["speedup"] >= speedup and r["psnr"] >= psnr]
     best = max(ok or [r for r in rows if r["psnr"] >= psnr], key=lambda r: r["speedup"], default=None)
     found = f"`{best['recipe']}` {best['speedup']:.2f}x at {best['psnr']:.2f} dB" if best else "no such row"
     found = found if ok else f"none qualifies (fastest at >= {psnr:g} dB: {found})"
-    return f"**{'PASS' if ok else 'FAIL'}** — {text}: {found}"
+    return f"**{'met' if ok else 'not met'}** — {text}: {found}"
 
 
 def video_bars(video_runs: list[tuple[dict, list[dict], list]]) -> list[str]:
     """The video-model bars: caching at the native size, a stacked recipe at 8,192 tokens, the never-skipping recipe's
-    overhead; a bar whose run is missing is NOT RUN."""
+    overhead; a bar whose run is missing is "not measured"."""
     native = [(s, rows) for s, rows, _ in video_runs
               if s["native"] and s["task"] == "predict" and s["num_sampling_steps"] == 50]
     long = [(s, rows) for s, rows, _ in video_runs if s["tokens"] == VIDEO_BAR_TOKENS]
@@ -125,7 +125,7 @@ def video_bars(video_runs: list[tuple[dict, list[dict], list]]) -> list[str]:
         s, rows = native[0]
         out.append(_speed_bar(rows, lambda k: k == {"caching"}, 3, 30, text.format(f"{s['tokens']} tokens")))
     else:
-        out.append(f"**NOT RUN** — {text.format('size')}: no such run in this report")
+        out.append(f"**not measured** — {text.format('size')}: no such run in this report")
     text = (f"at {VIDEO_BAR_TOKENS:,} tokens" + " ({}), a stacked recipe (caching + sparse attention, maybe + "
             "quantization) >= 5x wall-clock with PSNR >= 28 dB vs dense full compute")
     stacked = lambda k: {"caching", "attention"} <= k
@@ -135,9 +135,9 @@ def video_bars(video_runs: list[tuple[dict, list[dict], list]]) -> list[str]:
                  f"{s['num_sampling_steps']} steps")
         out.append(_speed_bar(rows, stacked, 5, 28, text.format(where)))
     else:
-        out.append(f"**NOT RUN** — {text.format('128x128 canvas, 8 frames')}: no such run in this report")
+        out.append(f"**not measured** — {text.format('128x128 canvas, 8 frames')}: no such run in this report")
     never = [b for _, rows, _ in video_runs for b in [_never_skips_bar(rows, bitwise=True)] if b]
-    out.append(never[0] if never else f"**NOT RUN** — a never-skipping recipe (`{NEVER_SKIPS}`) within 5% of none "
+    out.append(never[0] if never else f"**not measured** — a never-skipping recipe (`{NEVER_SKIPS}`) within 5% of none "
                                       f"with bitwise identical output: no run has it")
     return out
 
@@ -163,7 +163,8 @@ def method_defaults(names) -> list[str]:
 
 def _machine(m: dict) -> str:
     return (f"Machine: {m['processor']}, {m['cpus']} CPUs (shared with other jobs), {m['platform']}, "
-            f"Python {m['python']}, torch {m['torch']}, {m['threads']} torch thread(s).")
+            f"Python {m['python']}, torch {m['torch']}, {m['threads']} torch thread(s)"
+            + (f"; peak resident memory of the run {m['peak_rss_mb']:,.0f} MiB." if "peak_rss_mb" in m else "."))
 
 
 def _plot(s: dict, path: Path) -> list[str]:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 
-import torch
-
+from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import evaluate_pipeline
+from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.image import load
 from ..training.distill_linear import distill
+from .flags import add_threads_arg, nonnegative_int, positive_float, positive_int
+
+
+def check_args(args) -> None:
+    """Everything checked before the teacher is loaded."""
+    check_output_path(args.out, "--out", (".safetensors",))
+    if is_video_model(resolve_model_path(args.teacher)):
+        raise ValueError(f"--teacher {args.teacher} is a video DiT; distill-linear converts image DiTs (e.g. "
+                         f"mnist-dit)")
+    if args.eval_samples == 1:
+        raise ValueError("--eval-samples 1: the Fréchet distance needs at least 2 samples (0 = no evaluation)")
 
 
 def run(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_args(args)
     path = distill(args.teacher, args.out, args.heads, args.conv, not args.no_inherit_attention, args.steps,
-                   args.minutes, args.batch_size, args.lr, seed=args.seed)
+                   args.minutes, args.batch_size, args.lr, seed=args.seed,
+                   progress=False if args.no_progress else None)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     if args.eval_samples:
         card = json.loads(path.with_suffix(".json").read_text())
@@ -26,22 +37,23 @@ def run(args):
                                                           "sampling", "sampling_seconds")}
             print(f"{role}: class accuracy {r['class_accuracy']:.4f}, Fréchet distance {r['frechet_distance']:.2f} "
                   f"({r['num_samples']} samples, {r['sampling_seconds']:.0f} s)")
-        path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        write_json(path.with_suffix(".json"), card, indent=2)
 
 
 def register(sub):
     p = sub.add_parser("distill-linear", help="convert a trained DiT into a linear-attention DiT (LiT recipe)")
     p.add_argument("--teacher", required=True, help="bundled model name or .safetensors file of the softmax DiT")
     p.add_argument("--out", required=True, help="output .safetensors file (a .json card is written next to it)")
-    p.add_argument("--heads", type=int, default=2, help="linear-attention heads (LiT: fewer heads)")
-    p.add_argument("--conv", type=int, default=5, help="depth-wise conv kernel on V (0 = none)")
+    p.add_argument("--heads", type=positive_int, default=2, help="linear-attention heads (LiT: fewer heads)")
+    p.add_argument("--conv", type=nonnegative_int, default=5, help="depth-wise conv kernel on V (0 = none)")
     p.add_argument("--no-inherit-attention", action="store_true", help="do not copy the teacher's qkv/proj weights")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--minutes", type=float, help="wall-clock budget; stops early and saves")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--eval-samples", type=int, default=0,
+    p.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps")
+    p.add_argument("--minutes", type=positive_float, help="wall-clock budget; stops early and saves")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=5e-4, help="AdamW learning rate")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the data order, noise and student init")
+    add_threads_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--eval-samples", type=nonnegative_int, default=0,
                    help="after training, score teacher and student on this many samples (MNIST classifier metrics)")
     p.set_defaults(fn=run)

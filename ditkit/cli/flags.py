@@ -44,6 +44,7 @@ positive_int = _number(int, 1, what="an integer >= 1")
 nonnegative_int = _number(int, 0, what="an integer >= 0")
 finite_float = _number(float, what="a finite number")
 nonnegative_float = _number(float, 0.0, what="a number >= 0")
+positive_float = _number(float, 0.0, low_open=True, what="a number > 0")
 unit_float = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from ..acceleration.quantize import quantize_checkpoint
+from ..core.outputs import check_output_path
 from ..pipelines.base import resolve_model_path
 from ..pipelines.image import load
+from .flags import add_threads_arg, positive_int
 
 
 def run(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_output_path(args.out, "--out", (".safetensors",))
     t0 = time.time()
     source = resolve_model_path(args.model)
     card = quantize_checkpoint(load(source, args.device), args.recipe, args.out, source, args.calibration_samples,
@@ -40,9 +39,9 @@ def register(sub):
     p.add_argument("--model", default="mnist-dit", help="bundled model name, .safetensors file or results folder")
     p.add_argument("--recipe", required=True, help="one quantization recipe, e.g. w8a8, 'w8a8:smooth=0.5', w4, bf16")
     p.add_argument("--out", required=True, help="output .safetensors (the card is written next to it as .json)")
-    p.add_argument("--calibration-samples", type=int, default=None,
+    p.add_argument("--calibration-samples", type=positive_int, default=None,
                    help="trajectories for SmoothQuant / mixed-precision calibration (default: the recipe's, 4)")
     p.add_argument("--no-check", action="store_true", help="skip the PSNR check against the float model")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--device", default="cpu")
+    add_threads_arg(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.set_defaults(fn=run)

@@ -12,7 +12,6 @@ The result is an ordinary ditkit model file (``ditkit.load(PATH)``) with a JSON 
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 from ..core import checkpoint as ckpt
 from ..core.config import from_dict
 from ..core.configs import TrainConfig
+from ..core.outputs import write_json
+from ..core.progress import progress_bar
 from ..data.images import load_image_data
 from ..models.dit import DiT, DiTConfig
 from ..pipelines.build import build_process
@@ -68,10 +69,14 @@ def hybrid_losses(process, student, teacher, x0, t, noise, model_kwargs: dict, w
 def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, inherit_attention: bool = True,
             steps: int = 3000, minutes: float | None = None, batch_size: int = 64, lr: float = 5e-4,
             warmup: int = 100, ema_decay: float = 0.999, w_eps: float = 1.0, w_var: float = 1.0, seed: int = 0,
-            log_every: int = 50, save_every: int = 100, log=print) -> Path:
+            log_every: int = 50, save_every: int = 100, progress: bool | None = None) -> Path:
     """Distil ``teacher_name`` (bundled name or file) into a linear DiT saved at ``out``; returns the path.
-    Stops after ``steps`` or ``minutes`` of wall clock, whichever comes first; writes ``out`` every ``save_every``
-    steps."""
+    Stops after ``steps`` or ``minutes`` of wall clock, whichever comes first; writes ``out`` (atomically) every
+    ``save_every`` steps. ``progress``: a bar on terminals, a plain line every ``log_every`` steps otherwise (None),
+    or nothing (False)."""
+    if steps < 1 or batch_size < 1 or not lr > 0 or (minutes is not None and not minutes > 0):
+        raise ValueError(f"distill needs steps >= 1, batch_size >= 1, lr > 0 and minutes > 0 (or None); got "
+                         f"steps={steps}, batch_size={batch_size}, lr={lr}, minutes={minutes}")
     teacher, meta = load_dit(teacher_name)
     teacher.requires_grad_(False)
     cfg = from_dict(TrainConfig, meta["train_config"])
@@ -95,8 +100,9 @@ def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, i
         card.update(steps=step, train_seconds=round(time.time() - t0, 1), final_losses=avg)
         ckpt.save_weights(out, ema.model.state_dict(), model_metadata(cfg, ema.model, step, {
             "weights": "ema", "card": card}))
-        out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        write_json(out.with_suffix(".json"), card, indent=2)
 
+    bar = progress_bar(steps, "distill", enabled=progress, every=log_every)
     while step < steps and (minutes is None or time.time() - t0 < 60 * minutes):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = batch_indices(seed, step, batch_size, len(data.images))
@@ -117,10 +123,10 @@ def distill(teacher_name: str, out: str | Path, heads: int = 2, conv: int = 5, i
         step += 1
         for k, v in terms.items():
             avg[k] = 0.9 * avg.get(k, v.mean().item()) + 0.1 * v.mean().item()
-        if step % log_every == 0:
-            log(json.dumps({"step": step, **{k: round(v, 5) for k, v in avg.items()},
-                            "elapsed_sec": round(time.time() - t0, 1)}))
+        bar.set_postfix(loss=f"{avg['loss']:.4f}", distill_eps=f"{avg['distill_eps']:.4f}")
+        bar.update(1)
         if step % save_every == 0:
             save()
+    bar.close()
     save()
     return out
