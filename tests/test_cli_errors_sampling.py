@@ -200,3 +200,17 @@ def test_bench_keeps_calibration_files_only_next_to_json(tmp_path):
     assert list(tmp_path.iterdir()) == []                          # no ./out/calibration-*.json
     run_cli(*args, "--json", tmp_path / "run.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run-calibration-teacache.json", "run.json"]
+
+
+def test_every_flag_has_help_with_its_default_and_there_is_a_version():
+    import argparse
+    from ditkit.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert isinstance(action, argparse._HelpAction) or action.help, (name, action.option_strings)
+        text = parser.format_help()
+        assert "%(default)" not in text, name
+    assert "(default: 50)" in sub.choices["generate"].format_help()                 # --num-sampling-steps
+    out, _ = run_cli("--version")
+    assert out.startswith("ditkit ")
