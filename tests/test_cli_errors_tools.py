@@ -78,3 +78,54 @@ def test_calibrate_and_quantize_bad_input(tmp_path, command, argv, names):
     fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
     cli_error(command, *fill(argv), names=fill(names))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_short_sequences_capture_activations_of_both_bundled_models(tmp_path):
+    for model, layout in (("mnist-dit", "16"), ("moving-mnist-vdt", "4x4x16")):
+        out = tmp_path / f"{model}.json"
+        run_cli("bench-attention", "--tokens", "256", "--layout", layout, "--repeats", "1", "--threads", "1",
+                "--heads", "2", "--head-dim", "16", "--backends", "svg,sta", "--activations", model, "--json", out)
+        rows = json.loads(out.read_text())["rows"]
+        assert [r["backend"] for r in rows] == ["sdpa", "svg", "sta"] and model in rows[1]["activations"]
+        assert 0 < rows[1]["density"] < 1 and rows[1]["rel_error"] > 0         # sparse, not one dense block
+
+
+@pytest.mark.parametrize("argv, names", [
+    (("--backends", "svg+sta"), ("svg+sta", "one attention backend per comma-separated entry", "--e2e-recipes")),
+    (("--layout", "0"), ("--layout '0'", "FxHxW")),
+    (("--layout", "abc"), ("--layout 'abc'", "FxHxW")),
+    (("--activations", "{tmp}/none.safetensors"), ("none.safetensors",)),
+    (("--e2e", "--e2e-recipes", "foo"), ("--e2e-recipes", "foo")),
+    (("--e2e", "--e2e-canvas", "31"), ("--e2e-canvas 31", "patch size")),
+])
+def test_bench_attention_checks_everything_before_measuring(tmp_path, argv, names):
+    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    err = cli_error("bench-attention", "--tokens", "1024", *fill(argv), names=fill(names))
+    assert "tokens, layout" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_distill_linear_refuses_what_would_fail_or_destroy_the_teacher(tmp_path):
+    cfg, teacher = _teacher()
+    path = tmp_path / "teacher.safetensors"
+    ckpt.save_weights(path, teacher.state_dict(), model_metadata(cfg, teacher, 10))
+    before = path.read_bytes()
+    cli_error("distill-linear", "--teacher", path, "--out", path, names=(f"--out {path}", "teacher", "-linear"))
+    assert path.read_bytes() == before
+    cli_error("distill-linear", "--teacher", path, "--out", tmp_path / "s.safetensors", "--conv", "4",
+              names=("--conv 4", "odd", "--conv 5"))
+    cli_error("distill-linear", "--teacher", path, "--out", tmp_path / "s.safetensors", "--heads", "5",
+              names=("--heads 5", "hidden size 192", "1, 2, 3, 4, 6"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.safetensors"]
+
+
+def test_quantize_checks_the_recipe_and_output_before_loading(tmp_path, monkeypatch):
+    import ditkit.cli.quantize as quantize_cli
+    monkeypatch.setattr(quantize_cli, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    cli_error("quantize", "--recipe", "fora", "--out", tmp_path / "q.safetensors", names=("--recipe fora", "w8a8"))
+    cli_error("quantize", "--recipe", "w8a8:smooth=7", "--out", tmp_path / "q.safetensors", names=("smooth",))
+    src = tmp_path / "m.safetensors"
+    cfg, model = _teacher()
+    ckpt.save_weights(src, model.state_dict(), model_metadata(cfg, model, 1))
+    cli_error("quantize", "--model", src, "--recipe", "w8", "--out", src, names=("model's own file", "-w8"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -19,9 +19,10 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F_
 
 from ..acceleration.attention.base import AttentionMethod, longest_attention
-from ..acceleration.recipes import REGISTRY, build_method, parse_recipe
+from ..acceleration.recipes import REGISTRY, build_method, check_recipe, parse_recipe
 from ..core import checkpoint as ckpt
 from ..core.config import from_dict
 from ..core.configs import DiffusionSection
@@ -49,13 +50,30 @@ def parse_layout(spec: str, tokens: int) -> TokenLayout:
     parts = spec.lower().split("x")
     if len(parts) == 3 and all(p.isdigit() for p in parts):
         layout = TokenLayout(*map(int, parts))
-        if layout.num_tokens == tokens:
+        if layout.num_tokens == tokens and min(layout.shape) >= 1:
             return layout
+    if not parts[0].isdigit() or int(parts[0]) < 1 or len(parts) not in (1, 3):
+        raise ValueError(f"--layout {spec!r}: give F (a number of square frames, e.g. --layout 16) or FxHxW "
+                         f"(e.g. --layout 16x8x8)")
     frames = int(parts[0])
     side = math.isqrt(tokens // frames)
-    if frames * side * side != tokens:
-        raise ValueError(f"{tokens} tokens are not {frames} square frames; give --layout FxHxW exactly")
+    if side < 1 or frames * side * side != tokens:
+        raise ValueError(f"{tokens} tokens are not {frames} square frames; give --layout FxHxW exactly (F*H*W = "
+                         f"{tokens}) or a token count F*S*S, e.g. --tokens {frames * 16 * 16}")
     return TokenLayout(frames, side, side)
+
+
+def check_end_to_end(recipes: list[str], canvas: int, model_name: str) -> None:
+    """The ``--e2e`` recipes, model and canvas checked from the model file's metadata only, before any work."""
+    for spec in recipes:
+        check_recipe(spec)
+    p = ckpt.read_metadata(resolve_model_path(model_name)).get("dit_config", {}).get("patch_size")
+    if p is None:
+        raise ValueError(f"--e2e-model {model_name}: not a ditkit DiT or video DiT file (no dit_config in its "
+                         f"metadata); give a bundled name or a file written by ditkit train")
+    if canvas % p:
+        raise ValueError(f"--e2e-canvas {canvas}: must be a multiple of the model's patch size {p}, e.g. "
+                         f"--e2e-canvas {max(p, canvas // p * p)}")
 
 
 def interleaved_ms(fns: dict, repeats: int) -> dict[str, float]:
@@ -92,11 +110,14 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
     H, W = model.config.image_hw
     g = torch.Generator().manual_seed(seed)
     if kind == "video":
-        clip = MovingMNIST("heldout", H, F, digit_size=min(16, H // 2), seed=seed).get([0])[0][0]    # [C, F, H, W]
-        frames = clip.transpose(0, 1)                                           # [F, C, H, W]
+        side = max(H, W)                                          # a square clip, cropped to a non-square canvas
+        clip = MovingMNIST("heldout", side, F, digit_size=min(16, side // 2), seed=seed).get([0])[0][0]
+        frames = clip.transpose(0, 1)[:, :, :H, :W]                             # [F, C, H, W]
     else:
         size = min(32, H, W)
-        digits = load_image_data("mnist", size, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
+        digits = load_image_data("mnist", 32, split="heldout").images[torch.randperm(1000, generator=g)[:F]]
+        if size < 32:
+            digits = F_.interpolate(digits, size=(size, size), mode="area")
         frames = torch.full((F, C, H, W), -1.0)
         ys, xs = torch.randint(0, H - size + 1, (F,), generator=g), torch.randint(0, W - size + 1, (F,), generator=g)
         for i in range(F):                                            # one real digit per frame, random place

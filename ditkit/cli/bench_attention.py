@@ -7,12 +7,13 @@ import sys
 
 import torch
 
-from ..bench.attention import (IMAGE_MODEL, VIDEO_MODEL, attention_backends, bench_tokens, capture_activations,
-                               end_to_end, linear_crossover, markdown, parse_layout)
 from ..acceleration.recipes import REGISTRY
-from ..hooks.method import parse_recipe
+from ..bench.attention import (IMAGE_MODEL, VIDEO_MODEL, attention_backends, bench_tokens, capture_activations,
+                               check_end_to_end, end_to_end, linear_crossover, markdown, parse_layout)
 from ..bench.harness import method_kind, split_recipes
 from ..core.outputs import check_output_path, write_json
+from ..hooks.method import parse_recipe
+from ..pipelines.base import resolve_model_path
 from .bench import recipe_list
 from .flags import add_threads_arg, nonnegative_float, nonnegative_int, positive_int
 
@@ -32,13 +33,17 @@ def backend_list(text: str | None) -> list[str]:
     if not text:
         return valid
     for spec in split_recipes(text):
-        for name, _ in parse_recipe(spec):
+        names = [name for name, _ in parse_recipe(spec)]
+        for name in names:
             if name in REGISTRY and name not in valid:
                 raise ValueError(f"--backends {name}: {name} is not an attention backend (it is a "
                                  f"{method_kind(name)} method: measure it end to end with `ditkit bench --recipes "
                                  f"{name}`); attention backends: {', '.join(valid)}")
             if name not in valid and name != "sdpa":
                 raise ValueError(f"--backends: unknown attention backend {name!r}; valid: {', '.join(valid)}")
+        if len(names) > 1:
+            raise ValueError(f"--backends {spec}: one attention backend per comma-separated entry; a combined recipe "
+                             f"is measured end to end with --e2e --e2e-recipes '{spec}' or `ditkit bench --recipes`")
     return [b for b in recipe_list(text, "--backends") if b != "sdpa"]
 
 
@@ -47,6 +52,12 @@ def run(args):
     backends = backend_list(args.backends)
     layouts = [parse_layout(args.layout, n) for n in tokens]
     check_output_path(args.json, "--json", (".json",))
+    if args.activations != "auto" and not args.random:
+        resolve_model_path(args.activations)                      # a missing model is named, not replaced by noise
+    recipes = recipe_list(args.e2e_recipes, "--e2e-recipes") if args.e2e_recipes else \
+        [b for b in backends if b != "linear"]
+    if args.e2e:
+        check_end_to_end(recipes, args.e2e_canvas, args.e2e_model)
     log = lambda m: print(m, file=sys.stderr)
     rows = []
     for n, layout in zip(tokens, layouts):
@@ -62,7 +73,6 @@ def run(args):
         result["linear_crossover"] = linear_crossover(args.heads, args.head_dim, args.repeats)
         print(f"linear attention crossover: {result['linear_crossover']['crossover_tokens']} tokens")
     if args.e2e:
-        recipes = split_recipes(args.e2e_recipes) if args.e2e_recipes else [b for b in backends if b != "linear"]
         result["end_to_end"] = end_to_end(recipes, args.e2e_canvas, args.e2e_frames, args.e2e_steps, args.seed,
                                           args.e2e_cfg, args.e2e_model, args.e2e_repeats, log)
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..core import checkpoint as ckpt
 from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import evaluate_pipeline
 from ..pipelines.base import is_video_model, resolve_model_path
@@ -14,10 +15,23 @@ from .flags import add_threads_arg, nonnegative_int, positive_float, positive_in
 
 def check_args(args) -> None:
     """Everything checked before the teacher is loaded."""
-    check_output_path(args.out, "--out", (".safetensors",))
-    if is_video_model(resolve_model_path(args.teacher)):
+    out = check_output_path(args.out, "--out", (".safetensors",))
+    teacher = resolve_model_path(args.teacher)
+    if out.resolve() == teacher.resolve():
+        raise ValueError(f"--out {args.out} is the teacher's file; write the student to another file, e.g. --out "
+                         f"{out.with_name(out.stem + '-linear.safetensors')}")
+    if is_video_model(teacher):
         raise ValueError(f"--teacher {args.teacher} is a video DiT; distill-linear converts image DiTs (e.g. "
                          f"mnist-dit)")
+    if args.conv and args.conv % 2 == 0:
+        raise ValueError(f"--conv {args.conv}: the depth-wise kernel must be odd to keep the token grid, e.g. "
+                         f"--conv {args.conv + 1} (0 = none)")
+    hidden = ckpt.read_metadata(teacher).get("dit_config", {}).get("hidden_size") \
+        if teacher.suffix == ".safetensors" else None
+    if hidden is not None and hidden % args.heads:
+        divisors = [h for h in range(1, min(hidden, 16) + 1) if hidden % h == 0]
+        raise ValueError(f"--heads {args.heads}: the teacher's hidden size {hidden} must split into equal heads; "
+                         f"give one of {', '.join(map(str, divisors))}")
     if args.eval_samples == 1:
         raise ValueError("--eval-samples 1: the Fréchet distance needs at least 2 samples (0 = no evaluation)")
 

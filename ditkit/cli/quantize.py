@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 
+from ..acceleration.quant.base import QuantMethod
 from ..acceleration.quantize import quantize_checkpoint
+from ..acceleration.recipes import REGISTRY, check_recipe
 from ..core.outputs import check_output_path
 from ..pipelines.base import resolve_model_path
 from ..pipelines.image import load
@@ -16,9 +18,16 @@ from .flags import add_threads_arg, positive_int
 
 
 def run(args):
-    check_output_path(args.out, "--out", (".safetensors",))
+    out = check_output_path(args.out, "--out", (".safetensors",))
+    parsed = check_recipe(args.recipe)
+    if len(parsed) != 1 or not issubclass(REGISTRY[parsed[0][0]], QuantMethod):
+        raise ValueError(f"--recipe {args.recipe}: not a single quantization method; a quantized checkpoint holds "
+                         f"one of w8a8, w8, w4, bf16 (apply caching or attention recipes at generation time)")
     t0 = time.time()
     source = resolve_model_path(args.model)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {args.out} is the model's own file; write the quantized checkpoint to another file, "
+                         f"e.g. --out {out.with_name(out.stem + '-' + parsed[0][0] + '.safetensors')}")
     card = quantize_checkpoint(load(source, args.device), args.recipe, args.out, source, args.calibration_samples,
                                not args.no_check)
     mib = lambda b: f"{b / 2 ** 20:.2f} MiB"

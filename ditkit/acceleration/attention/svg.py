@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import torch
 
@@ -33,8 +34,10 @@ def fit_block(n: int, block: int) -> int:
 
 
 def band_geometry(n: int, density: float, block: int) -> tuple[int, int, int]:
-    """(block size fitted to n, number of blocks, band width in blocks) of a band keeping ``density`` of n keys."""
-    block = fit_block(n, block)
+    """(block size fitted to n, number of blocks, band width in blocks) of a band keeping ``density`` of n keys.
+    A sequence too short for ``density`` at this block size gets smaller blocks: at least ceil(1 / density) of
+    them, so the band stays sparse (e.g. 256 tokens at density 0.25: 4 blocks of 64, not one dense block of 256)."""
+    block = fit_block(n, min(block, max(1, n // math.ceil(1 / density - 1e-9))))
     nb = n // block
     return block, nb, min(nb, max(1, round(density * nb)))
 
