@@ -42,3 +42,8 @@ def run_subprocess(*argv: str, cwd: Path | None = None, timeout: float = 600, **
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "ditkit.cli", *map(str, argv)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def tmp_filler(tmp_path: Path):
+    """``fill(items)``: each item as a string with ``{tmp}`` replaced by ``tmp_path`` (parametrized paths)."""
+    return lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_util import REPO, cli_error, run_cli, run_subprocess
+from cli_util import REPO, cli_error, run_cli, run_subprocess, tmp_filler
 from ditkit.models.interop.official import save_official
 from ditkit.pipelines.base import resolve_model_path
 from ditkit.pipelines.image import DiTPipeline
@@ -134,7 +134,7 @@ VIDEO = ("generate-video", "--num-sampling-steps", "2", "--no-progress")
 def test_generate_video_bad_input(tmp_path, argv, names):
     np.save(tmp_path / "mask.npy", np.ones((32, 32)))
     np.save(tmp_path / "small.npy", np.ones((5, 5)))
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     cli_error(*VIDEO, "--out", tmp_path / "v.gif", *fill(argv), names=fill(names))
     assert not (tmp_path / "v.gif").exists()
 
@@ -158,7 +158,7 @@ def test_generate_video_help_lists_only_its_flags():
     (("--cfg-sweep", "1,x"), ("--cfg-sweep", "1,x")),
 ])
 def test_eval_bad_input(tmp_path, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     cli_error("eval", *FAST, *fill(argv), names=fill(names))
     assert list(tmp_path.iterdir()) == []
 
@@ -187,7 +187,7 @@ def test_eval_video_writes_only_where_asked(tmp_path):
     (("--model", "mnist-dit", "--task", "predict"), ("--task", "image model")),
 ])
 def test_bench_bad_input(tmp_path, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     cli_error("bench", *FAST, *fill(argv), names=fill(names))
     assert list(tmp_path.iterdir()) == []
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cli_util import cli_error, run_cli
+from cli_util import cli_error, run_cli, tmp_filler
 from ditkit.core import checkpoint as ckpt
 from ditkit.training.distill_linear import distill
 from ditkit.training.trainer import model_metadata
@@ -31,7 +31,7 @@ def test_bench_attention_on_a_short_sequence(tmp_path):
     (("--layout", "7x7x7"), ("7 square frames", "FxHxW")),
 ])
 def test_bench_attention_bad_input(tmp_path, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     err = cli_error("bench-attention", "--tokens", "1024", *fill(argv), names=fill(names))
     assert "tokens, layout" not in err                                  # refused before any measurement
     assert list(tmp_path.iterdir()) == []
@@ -49,7 +49,7 @@ def test_bench_attention_bad_input(tmp_path, argv, names):
     (("--teacher", "no-such-model"), ("no-such-model",)),
 ])
 def test_distill_linear_bad_input(tmp_path, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     args = {"--teacher": "mnist-dit", "--out": str(tmp_path / "lit.safetensors")}
     args.update(dict(zip(fill(argv)[::2], fill(argv)[1::2])))
     cli_error("distill-linear", *[x for kv in args.items() for x in kv], names=fill(names))
@@ -75,7 +75,7 @@ def test_distill_prints_plain_progress_lines_off_terminals(tmp_path, capsys):
     ("quantize", ("--recipe", "w8a8", "--threads", "-1", "--out", "{tmp}/q.safetensors"), ("--threads", ">= 0")),
 ])
 def test_calibrate_and_quantize_bad_input(tmp_path, command, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     cli_error(command, *fill(argv), names=fill(names))
     assert list(tmp_path.iterdir()) == []
 
@@ -99,7 +99,7 @@ def test_short_sequences_capture_activations_of_both_bundled_models(tmp_path):
     (("--e2e", "--e2e-canvas", "31"), ("--e2e-canvas 31", "patch size")),
 ])
 def test_bench_attention_checks_everything_before_measuring(tmp_path, argv, names):
-    fill = lambda items: tuple(str(a).format(tmp=tmp_path) for a in items)
+    fill = tmp_filler(tmp_path)
     err = cli_error("bench-attention", "--tokens", "1024", *fill(argv), names=fill(names))
     assert "tokens, layout" not in err
     assert list(tmp_path.iterdir()) == []
