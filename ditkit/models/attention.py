@@ -17,15 +17,17 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """How the N tokens of a sequence are arranged: frames x height x width (row-major, frames outermost)."""
+    """How the N tokens of a sequence are arranged: ``text`` tokens (dual-stream models carry them through their
+    blocks; 0 otherwise), then frames x height x width image tokens (row-major, frames outermost)."""
 
     frames: int
     height: int
     width: int
+    text: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return self.frames * self.height * self.width
+        return self.text + self.frames * self.height * self.width
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -10,6 +10,12 @@ diffusers adapters) offers:
     token_layout(T) -> TokenLayout                   frames x height x width of the T tokens (frame-major)
     run_stack(tokens, c) -> tokens                   the whole stack; the hook point caching methods take
     head(tokens, c) -> output                        final layer and unpatchify
+    attention_layers() (optional)                    the softmax attention layers (objects with ``num_heads``,
+                                                     ``backend``, ``observer``), when they are not ditkit Attention
+                                                     modules
+
+An adapted diffusers transformer embeds and finishes inside its own forward: its ``embed`` and ``head`` are None
+and only the stack is exposed.
 
 and ``forward(x, t, **cond) = head(run_stack(*embed(x, t, **cond)))``. A block offers ``branches(c, layout)``:
 its residual branches in order, each a :class:`Branch`. The block computes ``x <- branch.add(x, branch(x))`` for
@@ -50,7 +56,9 @@ class Branch:
 
     ``prepare`` maps the block input x [N, T, D] to the branch input (norm, adaLN modulation); ``compute`` is the
     module itself (attention, MLP); ``gate`` [N, D] or [N, G, D] scales its output (None: gate 1). ``attention`` is
-    the branch's :class:`Attention` module (None for an MLP) and ``axis`` which tokens one of its calls sees."""
+    the branch's :class:`Attention` module (None for an MLP) and ``axis`` which tokens one of its calls sees.
+    ``whole_block``: the branch is a whole block, attention included (an adapted diffusers block), so it mixes tokens
+    even without an ``attention`` module."""
 
     name: str
     prepare: Callable[[torch.Tensor], torch.Tensor]
@@ -58,6 +66,7 @@ class Branch:
     gate: torch.Tensor | None = None
     attention: Attention | None = None
     axis: str = "all"
+    whole_block: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The branch output before gating, [N, T, D]."""
@@ -75,7 +84,7 @@ class Branch:
     @property
     def token_wise(self) -> bool:
         """True if ``compute`` treats tokens independently (an MLP), so it may run on a subset of tokens."""
-        return self.attention is None
+        return self.attention is None and not self.whole_block
 
 
 def run_blocks(blocks: Sequence, tokens: torch.Tensor, c: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

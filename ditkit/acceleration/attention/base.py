@@ -56,7 +56,10 @@ def parse_triples(spec, default=None) -> list[tuple[int, int, int]]:
 
 
 def softmax_attention_layers(model) -> list[Attention]:
-    """The model's softmax Attention modules in registration order (``model.modules()``)."""
+    """The model's softmax attention layers: an adapted model's ``attention_layers()``, else its Attention modules
+    in registration order (``model.modules()``)."""
+    if hasattr(model, "attention_layers"):
+        return model.attention_layers()
     return [m for m in model.modules() if isinstance(m, Attention) and not isinstance(m, LinearAttention)]
 
 

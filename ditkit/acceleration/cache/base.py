@@ -31,6 +31,7 @@ from ...hooks.points import HookPoints
 from ...models.stack import Branch, check_stack, run_blocks
 
 BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond"),
+               "uncond+cond": ("uncond", "cond"),                # diffusers pipelines' batched CFG
                "free": ("free",)}                       # video context guidance's nothing-given call
 
 

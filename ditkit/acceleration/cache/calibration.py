@@ -54,7 +54,8 @@ class Recorder(CachingMethod):
 
     def forward(self, state, tokens, c):
         u, out = indicator(self.model, tokens, c, self.layout), self.run(tokens, c)
-        pred = self.model.head(out, c)                          # the network output, as TeaCache's fit uses
+        # the network output, as TeaCache's fit uses (an adapted model's head runs in its own forward: its stack output)
+        pred = out if self.model.head is None else self.model.head(out, c)
         mag = (out - tokens).norm(dim=-1).mean(dim=1)
         t = self.timestep()
         if state.u is not None:
