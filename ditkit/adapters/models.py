@@ -48,7 +48,7 @@ ADAPTERS: dict[str, BlockStack] = {
         attention_unsupported=JOINT.format(mask="")),
     # self-attention attn1 (RoPE), cross-attention attn2; the pipeline calls cond, then uncond
     "WanTransformer3DModel": BlockStack(blocks=("blocks",), grid=latent_grid(), shared=("rotary_emb",),
-                                        cfg="separate"),
+                                        float_modules=("condition_embedder.time_embedder",), cfg="separate"),
     # input [N, F, C, H, W]; joint blocks returning (image, text)
     "CogVideoXTransformer3DModel": BlockStack(
         blocks=("transformer_blocks",), grid=latent_grid(frames_patch="patch_size_t", frame_dim=1),

@@ -13,8 +13,9 @@ model's own code:
 - tokens are the image tokens [N, T, D], or text then image tokens [N, L + T, D] for dual-stream blocks; ``c`` is a
   :class:`BlockArgs` holding every other block argument (timestep embedding, text states, masks, rotary tables),
   row-indexable so caches can run a subset of the samples;
-- each block is one residual branch, ``block(x) - x`` (``Branch.whole_block``): whole-stack caches and block-level
-  reuse and forecasting apply; methods that need a block's separate attention and MLP outputs say they cannot;
+- a block is its attention / MLP branches where its class is written out (:mod:`ditkit.adapters.blocks`: DiT,
+  PixArt), else one residual branch ``block(x) - x`` (``Branch.whole_block``): every cache applies, per-module ones
+  reusing whole blocks there;
 - each self-attention module's processor is wrapped: while a ditkit backend is installed on it, the processor's
   call to ``torch.nn.functional.scaled_dot_product_attention`` (direct, or through diffusers' dispatcher) runs the
   backend instead, with the token layout of that call (all frames, one frame or one position over frames).
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 
 from ..models.attention import TokenLayout
 from ..models.stack import Branch, run_blocks
+from .blocks import BLOCK_BRANCHES
 
 Grid = Callable[[nn.Module, dict], tuple[int, int, int]]
 
@@ -53,6 +55,7 @@ class BlockStack:
     self_attention  each block's softmax attention submodules over the image tokens (where backends apply)
     attention_unsupported  why attention backends cannot apply to the model (None: they can)
     shared          block arguments that are not per sample (rotary tables), never split by rows
+    float_modules   modules whose linear layers quantization keeps float (code reads their parameters' dtype)
     cfg             how the model's pipeline batches classifier-free guidance: "uncond+cond" or "cond+uncond" (one
                     call, that half first) or "separate" (a cond call, then an uncond call)
     """
@@ -65,6 +68,7 @@ class BlockStack:
     self_attention: tuple[str, ...] = ("attn1",)
     attention_unsupported: str | None = None
     shared: tuple[str, ...] = ()
+    float_modules: tuple[str, ...] = ()
     cfg: str = "uncond+cond"
 
     def __post_init__(self):
@@ -117,6 +121,10 @@ class BlockArgs:
         return BlockArgs(tuple(cut(i, v) for i, v in enumerate(self.args)),
                          {k: cut(k, v) for k, v in self.kwargs.items()}, len(idx), self.shared)
 
+    def named(self, positional: Sequence[str]) -> dict:
+        """The arguments by parameter name (``positional``: the block's positional parameter names)."""
+        return {**{n: v for n, v in zip(positional, self.args) if v is not None}, **self.kwargs}
+
     def call(self, module: nn.Module, put: dict):
         """``module`` called with these arguments and ``put`` ({position or name: value}) in their places."""
         args = tuple(put.get(i, v) for i, v in enumerate(self.args))
@@ -141,12 +149,18 @@ class BlockBranch(Branch):
 
 
 class AdaptedBlock:
-    """One diffusers block as a contract block: a single whole-block branch (:class:`BlockBranch`)."""
+    """One diffusers block as a contract block: its attention / MLP branches where the block class is written out
+    (:mod:`ditkit.adapters.blocks`), else a single whole-block branch (:class:`BlockBranch`)."""
 
     def __init__(self, adapter: "StackAdapter", module: nn.Module):
         self.adapter, self.module = adapter, module
 
     def branches(self, c: "BlockArgs", layout: TokenLayout) -> list[Branch]:
+        known = BLOCK_BRANCHES.get(type(self.module).__name__)
+        if known is not None and not self.adapter.spec.text:
+            found = known(self.module, c.named(self.adapter._positional), self.adapter._dtype)
+            if found is not None:
+                return found
         run = functools.partial(self.adapter.call_block, self.module, c=c)
         return [BlockBranch("block", _identity, run, whole_block=True)]
 
@@ -232,7 +246,7 @@ class StackAdapter(nn.Module):
     """A diffusers transformer (``model``) behind the block-stack contract, per a :class:`BlockStack` ``spec``.
     Calling the adapter calls the transformer. ``close()`` restores the transformer exactly."""
 
-    whole_block_branches = True
+    exposes_attention_scores = False                   # no per-call attention observer (ToCa's token scores)
 
     def __init__(self, model: nn.Module, spec: BlockStack):
         super().__init__()
@@ -274,16 +288,16 @@ class StackAdapter(nn.Module):
 
     def token_layout(self, num_tokens: int) -> TokenLayout:
         """Text tokens (dual-stream) then the frames x height x width image grid of the current forward call."""
-        f, h, w = self.grid()
+        f, h, w = self.image_grid()
         if num_tokens != self._text + f * h * w:
             raise ValueError(f"{type(self.model).__name__}: {num_tokens} stack tokens, but the input has "
                              f"{self._text} text + {f}x{h}x{w} image tokens; check the BlockStack grid")
         return TokenLayout(f, h, w, text=self._text)
 
     @property
-    def quantized_scope(self) -> tuple[str, ...]:
-        """Quantization recipes swap the linear layers of the blocks; embedders and output layers stay float."""
-        return tuple(f"model.{name}." for name in self.spec.blocks)
+    def float_modules(self) -> tuple[str, ...]:
+        """Modules whose linear layers quantization keeps float (the declaration's ``float_modules``)."""
+        return tuple(f"model.{name}." for name in self.spec.float_modules)
 
     def attention_layers(self) -> list[AttentionSlot]:
         """The self-attention layers, in block order (what attention recipes select with layers=)."""
@@ -295,7 +309,8 @@ class StackAdapter(nn.Module):
     embed = head = None           # both run inside the model's own forward, around the stack
 
     # --- inside the model's forward ------------------------------------------------------------------------------
-    def grid(self) -> tuple[int, int, int]:
+    def image_grid(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the current forward call's image tokens (the declaration's grid)."""
         if self._grid is None:
             self._grid = tuple(int(d) for d in self.spec.grid(self.model, self._grid_args))
         return self._grid
@@ -303,7 +318,7 @@ class StackAdapter(nn.Module):
     def attention_layout(self, n: int) -> TokenLayout | None:
         """The layout of an attention call over ``n`` tokens: the whole grid, one frame, or one position over the
         frames; None when text tokens share the call (joint attention) or nothing matches."""
-        f, h, w = self.grid()
+        f, h, w = self.image_grid()
         for layout in (TokenLayout(f, h, w), TokenLayout(1, h, w), TokenLayout(f, 1, 1)):
             if layout.num_tokens == n:
                 return layout
@@ -321,6 +336,7 @@ class StackAdapter(nn.Module):
         taken = {where["hidden"], where["text"]}
         args = tuple(None if i in taken else v for i, v in enumerate(args))
         kwargs = {k: v for k, v in kwargs.items() if k not in taken}
+        self._dtype = hidden.dtype
         if self.spec.text:
             self._text = text.shape[1]
             tokens = torch.cat([text, hidden], dim=1)

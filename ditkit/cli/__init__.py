@@ -17,9 +17,10 @@ import torch
 from ..core.devices import resolve_device
 from . import bench, bench_attention, calibrate, distill_linear
 from . import eval as evaluate
-from . import generate, generate_video, quantize, train
+from . import generate, generate_video, quantize, support_matrix, train
 
-COMMANDS = [train, generate, generate_video, calibrate, bench, bench_attention, distill_linear, evaluate, quantize]
+COMMANDS = [train, generate, generate_video, calibrate, bench, bench_attention, distill_linear, evaluate, quantize,
+            support_matrix]
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 

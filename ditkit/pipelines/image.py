@@ -21,6 +21,7 @@ from ..models.interop.autoencoder import Autoencoder
 from ..models.interop.official import load_official_checkpoint
 from .base import Pipeline, is_video_model, load_ditkit_model, resolve_model_path
 from .build import build_process
+from .diffusers_dit import diffusers_folder_kind, load_diffusers_dit
 from .video import VideoPipeline
 
 
@@ -39,7 +40,11 @@ class DiTPipeline(Pipeline):
     def from_pretrained(cls, name_or_path: str | Path, device="cpu", autoencoder: str | None = None,
                         model_name: str = "DiT-XL/2") -> "DiTPipeline":
         """An official DiT .pt checkpoint (architecture ``model_name``) samples SD-VAE latents with DiT's DDPM process
-        (linear betas, 1000 steps, learned sigma) and needs ``autoencoder``: a local diffusers AutoencoderKL folder."""
+        (linear betas, 1000 steps, learned sigma) and needs ``autoencoder``: a local diffusers AutoencoderKL folder.
+        A local diffusers DiT folder (pipeline or transformer) is sampled through ditkit's adapter
+        (:mod:`ditkit.pipelines.diffusers_dit`)."""
+        if diffusers_folder_kind(name_or_path):
+            return cls(*load_diffusers_dit(name_or_path, device, autoencoder))
         model, meta = load_dit(name_or_path, device, model_name)
         if meta["format"] == "official-dit":
             if not autoencoder:
@@ -96,7 +101,10 @@ class DiTPipeline(Pipeline):
 
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
-    """A bundled name or model file -> its pipeline: a VideoPipeline for a ditkit video DiT, else a DiTPipeline."""
+    """A bundled name, model file or diffusers DiT folder -> its pipeline: a VideoPipeline for a ditkit video DiT,
+    else a DiTPipeline."""
+    if diffusers_folder_kind(name_or_path):
+        return DiTPipeline.from_pretrained(name_or_path, device, autoencoder)
     path = resolve_model_path(name_or_path)
     if is_video_model(path):
         if autoencoder is not None:

@@ -41,10 +41,10 @@ class ToCa(ModuleCacheMethod):
         return self.step % self.interval == 0
 
     def attach(self, model) -> None:
-        if getattr(model, "whole_block_branches", False):
-            raise ValueError(f"toca cannot apply to {type(model.model).__name__}: it refreshes a block's MLP output "
-                             f"on selected tokens, but an adapted diffusers block is one branch (attention and MLP "
-                             f"together); use fora, taylorseer or a whole-stack cache")
+        if not getattr(model, "exposes_attention_scores", True):
+            raise ValueError(f"toca cannot apply to {type(model.model).__name__}: it scores tokens by the attention "
+                             f"they receive, observed inside ditkit's own attention modules, which an adapted "
+                             f"diffusers model does not have; use fora, taylorseer or a whole-stack cache")
         super().attach(model)
         points = HookPoints.of(model)
         for i, attn in enumerate(m for m in model.modules() if isinstance(m, Attention)):

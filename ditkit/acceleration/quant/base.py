@@ -28,13 +28,13 @@ FAKE_WARNING = ("FAKE-QUANT: the quantized layers simulate integer arithmetic in
 
 
 def linear_slots(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """(qualified name, parent module, attribute) of every plain ``nn.Linear`` in the model, in module order; a
-    model with ``quantized_scope`` (name prefixes: an adapted diffusers model's blocks) only those under it."""
-    scope = getattr(model, "quantized_scope", "")
+    """(qualified name, parent module, attribute) of every plain ``nn.Linear`` in the model, in module order, but
+    those under the model's ``float_modules`` (name prefixes of modules that must keep float parameters)."""
+    keep = tuple(getattr(model, "float_modules", ()))
     slots = [(f"{pname}.{cname}" if pname else cname, parent, cname)
              for pname, parent in model.named_modules() for cname, child in parent.named_children()
              if type(child) is nn.Linear]
-    return [slot for slot in slots if slot[0].startswith(scope)]
+    return [slot for slot in slots if not (keep and slot[0].startswith(keep))]
 
 
 @dataclasses.dataclass

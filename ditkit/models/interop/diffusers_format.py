@@ -138,13 +138,9 @@ def to_diffusers(model: DiT, freq_shift: float | None = None):
     return dmodel.eval()
 
 
-def from_diffusers(dmodel, freq_shift: float | None = None) -> DiT:
-    """``diffusers.DiTTransformer2DModel`` -> ditkit DiT (eval mode, CPU).
-
-    ``freq_shift`` defaults to the shift the diffusers model actually uses (1 for any stock diffusers model), so the
-    two models agree. Pass 0 for weights that were trained with the original DiT code and converted by diffusers'
-    script (e.g. the facebook/DiT-XL-2-256 / -512 repositories): that restores the original model's numerics.
-    """
+def dit_config_of(dmodel, freq_shift: float | None = None) -> DiTConfig:
+    """The DiTConfig of a ``diffusers.DiTTransformer2DModel`` (an error if its config is not a DiT's);
+    ``freq_shift`` defaults to the shift its timestep projections use."""
     c = dmodel.config
     expected = {"norm_type": "ada_norm_zero", "activation_fn": "gelu-approximate", "attention_bias": True,
                 "norm_elementwise_affine": False}
@@ -156,12 +152,22 @@ def from_diffusers(dmodel, freq_shift: float | None = None) -> DiT:
     if out_channels not in (c.in_channels, 2 * c.in_channels):
         raise ValueError(f"out_channels={out_channels} is neither in_channels={c.in_channels} (eps only) nor twice it "
                          f"(learned sigma)")
-    cfg = DiTConfig(input_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels,
-                    hidden_size=c.num_attention_heads * c.attention_head_dim, depth=c.num_layers,
-                    num_heads=c.num_attention_heads, mlp_ratio=4.0,
-                    class_dropout_prob=emb.class_embedder.dropout_prob, num_classes=c.num_embeds_ada_norm,
-                    learn_sigma=out_channels == 2 * c.in_channels,
-                    freq_shift=float(emb.time_proj.downscale_freq_shift if freq_shift is None else freq_shift))
+    return DiTConfig(input_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels,
+                     hidden_size=c.num_attention_heads * c.attention_head_dim, depth=c.num_layers,
+                     num_heads=c.num_attention_heads, mlp_ratio=4.0,
+                     class_dropout_prob=emb.class_embedder.dropout_prob, num_classes=c.num_embeds_ada_norm,
+                     learn_sigma=out_channels == 2 * c.in_channels,
+                     freq_shift=float(emb.time_proj.downscale_freq_shift if freq_shift is None else freq_shift))
+
+
+def from_diffusers(dmodel, freq_shift: float | None = None) -> DiT:
+    """``diffusers.DiTTransformer2DModel`` -> ditkit DiT (eval mode, CPU).
+
+    ``freq_shift`` defaults to the shift the diffusers model actually uses (1 for any stock diffusers model), so the
+    two models agree. Pass 0 for weights that were trained with the original DiT code and converted by diffusers'
+    script (e.g. the facebook/DiT-XL-2-256 / -512 repositories): that restores the original model's numerics.
+    """
+    cfg = dit_config_of(dmodel, freq_shift)
     model = empty_dit(cfg)
     state = diffusers_to_dit_state_dict(dmodel.state_dict(), cfg.depth)
     model.load_state_dict({**state, "pos_embed": model.pos_embed.data}, strict=True)
