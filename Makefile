@@ -45,6 +45,17 @@ bench-video: $(DEVSTAMP)
 	    --recipes "topk,svg:sparsity=0.15,sta:density=0.125,full_steps=0.1,fora:interval=3+topk,taylorseer:interval=3,order=1+topk,taylorseer:interval=4,order=1+topk,taylorseer:interval=5,order=2+topk,fora:interval=3+sta:density=0.125,full_steps=0.1" \
 	    --append --json out/bench-video.json --plot docs/bench-moving-mnist-vdt-8192.png --markdown BENCHMARKS.md
 
+# ditkit recipes on mnist-dit converted to diffusers' DiTTransformer2DModel: natively, through ditkit's adapter, and
+# beside cache-dit's DBCache and diffusers' hooks on the same weights, seeds and CFG (interleaved rounds); then every
+# recipe on every adapted diffusers class (tiny random configurations). About 30 minutes on one CPU thread.
+.PHONY: bench-diffusers
+bench-diffusers: $(DEVSTAMP)
+	$(BIN)/ditkit bench --model mnist-dit --sampler ddim --cfg-scale 4 --through-diffusers --peers diffusers,cache-dit \
+	    --num-samples 32 --time-samples 16 --repeats 3 --threads 1 \
+	    --recipes "fora,fora:interval=4,fora:interval=6,firstblockcache,firstblockcache:threshold=0.2,teacache,teacache:threshold=0.06,magcache,taylorseer,taylorseer:interval=6,order=1,delta_dit,w8a8,bf16,taylorseer:interval=6,order=1+w8a8,fora:interval=4+w8a8" \
+	    --json out/bench-diffusers.json --plot docs/bench-diffusers.png --markdown BENCHMARKS.md
+	$(BIN)/ditkit support-matrix --json out/support-matrix.json --markdown BENCHMARKS.md
+
 clean:
 	rm -rf out runs
 

@@ -182,7 +182,8 @@ def test_eval_video_writes_only_where_asked(tmp_path):
     (("--plot", "{tmp}/plot.txt"), ("--plot", ".png")),
     (("--num-samples", "2", "--time-samples", "4"), ("--time-samples 4", "--num-samples 2")),
     (("--model", "moving-mnist-vdt", "--peers", "diffusers"), ("--peers", "VideoDiT")),
-    (("--peers", "cache-dit"), ("--peers", "cache-dit")),
+    (("--peers", "cache-dit,nope"), ("--peers", "nope", "valid")),
+    (("--model", "moving-mnist-vdt", "--through-diffusers"), ("--through-diffusers", "VideoDiT")),
     (("--append",), ("--append", "--json")),
     (("--model", "mnist-dit", "--task", "predict"), ("--task", "image model")),
 ])

@@ -267,6 +267,10 @@ def run_bench(entries: list[Entry], task, repeats: int, log=print, time_samples:
                      **task.quality(out, samples[0]), "identical": torch.equal(out, samples[0]), "seconds": sec,
                      "seconds_all": e.times, "cpu_seconds": cpu, "cpu_speedup": base_cpu / cpu,
                      "flops_ratio": base.row["flops"] / max(e.row["flops"], 1), **e.row})
+    native = {e.recipe: out for e, out in zip(entries, samples) if e.impl == "ditkit-native"}
+    for row, out in zip(rows, samples):
+        if row["impl"] == "ditkit" and row["recipe"] in native:       # through an adapter vs the native model
+            row["psnr_vs_native"] = task.quality(out, native[row["recipe"]])["psnr"]
     return rows
 
 
@@ -275,16 +279,19 @@ def _fmt(v, spec: str, none: str = "-") -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """The rows as a markdown table (a "PSNR vs native" column when rows ran through an adapter too)."""
+    native = any("psnr_vs_native" in r for r in rows)
+    db = lambda v: "-" if v is None else ">= 100" if v >= PSNR_CAP else format(v, ".2f")
     head = ("| recipe | impl | speedup | CPU-time speedup | compute ratio | blocks | GFLOPs | peak MB | seconds "
-            "| PSNR dB | SSIM | class acc % | Fréchet dist. |")
+            "| PSNR dB | SSIM | class acc % | Fréchet dist. |" + " PSNR vs native dB |" * native)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| `{r['recipe']}` | {r['impl']} | {r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
                      f"{r['compute_ratio']:.2f}x | "
                      f"{r['blocks']:.0f} | {r['flops'] / 1e9:.1f} | {r['peak_memory_mb']:.1f} | {r['seconds']:.2f} | "
-                     f"{'>= 100' if r['psnr'] >= PSNR_CAP else format(r['psnr'], '.2f')} | {r['ssim']:.4f} | "
+                     f"{db(r['psnr'])} | {r['ssim']:.4f} | "
                      f"{_fmt(r['class_accuracy'] and 100 * r['class_accuracy'], '.1f')} | "
-                     f"{_fmt(r['frechet_distance'], '.2f')} |")
+                     f"{_fmt(r['frechet_distance'], '.2f')} |" + f" {db(r.get('psnr_vs_native'))} |" * native)
     return "\n".join(lines)
 
 
@@ -293,7 +300,8 @@ def pareto_plot(rows: list[dict], path: str | Path, title: str) -> Path:
     if plt is None:
         raise ImportError("the speed x quality plot needs matplotlib: pip install matplotlib (or drop --plot)")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for impl, marker in (("ditkit", "o"), ("ditkit+compile", "^"), ("diffusers", "s")):
+    for impl, marker in (("ditkit", "o"), ("ditkit-native", "."), ("ditkit+compile", "^"), ("diffusers", "s"),
+                         ("cache-dit", "D")):
         pts = sorted((r["speedup"], r["psnr"], r["recipe"]) for r in rows if r["impl"] == impl and r["psnr"] < PSNR_CAP)
         if not pts:
             continue

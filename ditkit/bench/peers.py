@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 
+from ..acceleration.counting import BlockCounter
 from ..acceleration.recipes import Recipe
 from ..hooks.method import Method
 from ..models.interop.diffusers_format import to_diffusers
@@ -41,6 +42,25 @@ PEER_NOTES = [
     "on the calibration samples at the benchmark's sampler and step count, its printed list parsed from stdout.",
     "PyramidAttentionBroadcast: needs `current_timestep_callback`; it returns the network timestep of the current call.",
 ]
+
+
+ADAPTER_NOTES = [
+    "ditkit rows (impl `ditkit`): every recipe through ditkit's diffusers adapter (`ditkit.accelerate`'s block-stack "
+    "adapter) on the model converted with `to_diffusers` (ditkit's timestep frequency shift kept), sampled by ditkit's "
+    "pipeline; `ditkit-native` rows are the same recipes on ditkit's own DiT; `psnr_vs_native` compares each adapter "
+    "row's images with its native row's (same seeds).",
+    "Speed-ups of every row are relative to the native `none` row; the diffusers `none` row (converted model, no "
+    "hooks) shows the converted model's own speed (it recomputes the timestep and label embeddings in every block).",
+]
+
+
+def adapter_entries(pipe, resolved: list[tuple]) -> list[Entry]:
+    """The recipes ``resolved`` ([(spec, display)]) through ditkit's adapter on ``pipe``'s model converted to a
+    diffusers ``DiTTransformer2DModel``, as rows with impl "ditkit"."""
+    from ..pipelines.diffusers_dit import AdaptedDiT
+    model = AdaptedDiT(to_diffusers(pipe.model))
+    twin = DiTPipeline(model, pipe.process, pipe.autoencoder, pipe.metadata)
+    return [Entry(shown, "ditkit", twin, lambda: BlockCounter(model), Recipe(spec)) for spec, shown in resolved]
 
 
 class DiffusersDenoiser(torch.nn.Module):

@@ -34,6 +34,9 @@ MARKERS = ("<!-- ditkit bench: generated section begins (make bench rewrites it)
            "<!-- ditkit bench: generated section ends -->")
 VIDEO_MARKERS = ("<!-- ditkit bench-video: generated section begins (make bench-video rewrites it) -->",
                  "<!-- ditkit bench-video: generated section ends -->")
+DIFFUSERS_MARKERS = ("<!-- ditkit bench-diffusers: generated section begins (make bench-diffusers rewrites it) -->",
+                     "<!-- ditkit bench-diffusers: generated section ends -->")
+PEER_IMPLS = ("cache-dit", "diffusers")
 VIDEO_BAR_TOKENS = 8192                                  # the long-sequence setting: 128x128 canvas, 8 frames
 
 
@@ -102,6 +105,38 @@ def bars(rows: list[dict]) -> list[str]:
     return out + [never] * (never is not None)
 
 
+def diffusers_bars(rows: list[dict]) -> list[str]:
+    """The bars of a run with ``--through-diffusers``: the adapter reproduces the native recipes (PSNR >= 60 dB
+    between their images); through the adapter, ditkit's fastest recipe at PSNR >= 30 dB beats every peer's fastest
+    setting at PSNR >= 30 dB; no peer setting dominates every ditkit recipe (faster and at least as good)."""
+    out = []
+    paired = [r for r in rows if "psnr_vs_native" in r]
+    worst = min(paired, key=lambda r: r["psnr_vs_native"], default=None)
+    out.append(f"**{'met' if worst and worst['psnr_vs_native'] >= 60 else 'not met'}** — ditkit recipes through the "
+               f"diffusers adapter give the images of the same recipes on the native model (PSNR >= 60 dB): "
+               + (f"lowest `{worst['recipe']}` {min(worst['psnr_vs_native'], 100):.1f} dB over {len(paired)} recipes"
+                  if worst else "no recipe ran both ways"))
+    ours = [r for r in rows if r["impl"] == "ditkit" and r["recipe"] != "none"]
+    peers = [r for r in rows if r["impl"] in PEER_IMPLS and r["recipe"] != "none"]
+    fastest = lambda rs: max((r for r in rs if r["psnr"] >= 30), key=lambda r: r["speedup"], default=None)
+    k = fastest(ours)
+    for impl in PEER_IMPLS:
+        p = fastest([r for r in peers if r["impl"] == impl])
+        if p is None and not any(r["impl"] == impl for r in peers):
+            continue
+        met = k is not None and (p is None or k["speedup"] > p["speedup"])
+        theirs = f"`{p['recipe']}` {p['speedup']:.2f}x at {p['psnr']:.2f} dB" if p else "none reaches 30 dB"
+        mine = f"`{k['recipe']}` {k['speedup']:.2f}x at {k['psnr']:.2f} dB" if k else "none reaches 30 dB"
+        out.append(f"**{'met' if met else 'not met'}** — ditkit's fastest recipe at PSNR >= 30 dB (through the "
+                   f"adapter) is faster than {impl}'s fastest setting at PSNR >= 30 dB: {mine} vs {theirs}")
+    beats = lambda p, q: p["speedup"] >= q["speedup"] and p["psnr"] >= q["psnr"]
+    dominant = [p for p in peers if ours and all(beats(p, q) for q in ours)]
+    out.append(f"**{'met' if ours and not dominant else 'not met'}** — no peer setting dominates every ditkit recipe: "
+               + (", ".join(f"{p['impl']} `{p['recipe']}` does" for p in dominant) or
+                  f"none of {len(peers)} peer settings does"))
+    return out
+
+
 def _speed_bar(rows, keep, speedup: float, psnr: float, text: str) -> str:
     """met if some ditkit row with ``keep(kinds of its recipe)`` reaches ``speedup`` at ``psnr`` dB."""
     rows = [r for r in rows[1:] if r["impl"] == "ditkit" and keep(recipe_kinds(r["recipe"]))]
@@ -147,6 +182,8 @@ def bars_of(data: dict) -> list[str]:
     all_runs = runs(data)
     if all_runs[0][0].get("kind", "image") == "video":
         return video_bars(all_runs)
+    if all_runs[0][0].get("through_diffusers"):
+        return [b for _, rows, _ in all_runs for b in diffusers_bars(rows)]
     return [b for _, rows, _ in all_runs for b in bars(rows)]
 
 
@@ -182,9 +219,10 @@ def _notes(all_runs, columns: str) -> list[str]:
     return lines + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
 
 
-def _image_section(path: Path, data: dict) -> str:
+def _image_section(path: Path, data: dict, title: str = "Acceleration recipes on the bundled model: speed x quality "
+                                                         "(`ditkit bench`)") -> str:
     all_runs = runs(data)
-    lines = ["## Acceleration recipes on the bundled model: speed x quality (`ditkit bench`)", ""]
+    lines = [f"## {title}", ""]
     for s, rows, _ in all_runs:
         lines += [
             f"Generated on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by:", "",
@@ -233,4 +271,8 @@ def write_markdown(path, data: dict) -> Path:
     if runs(data)[0][0].get("kind", "image") == "video":
         return replace_generated_section(path, _video_section(path, data), "# Benchmarks: speed x quality",
                                          VIDEO_MARKERS)
+    if runs(data)[0][0].get("through_diffusers"):
+        title = "ditkit recipes on a diffusers transformer, side by side with cache-dit and diffusers' hooks"
+        return replace_generated_section(path, _image_section(path, data, title), "# Benchmarks: speed x quality",
+                                         DIFFUSERS_MARKERS)
     return replace_generated_section(path, _image_section(path, data), "# Benchmarks: speed x quality")

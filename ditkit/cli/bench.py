@@ -3,6 +3,7 @@
 and output path is checked before the model is loaded."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import shlex
@@ -17,13 +18,15 @@ from ..acceleration.attention.base import longest_attention
 from ..acceleration.recipes import check_recipe
 from ..bench.harness import (SUITES, append_run, compiled_entries, ditkit_entry, machine, markdown_table, pareto_plot,
                              run_bench, split_recipes, standard_suite, with_calibration)
-from ..bench.peers import PEER_NOTES, diffusers_entries
+from ..bench.cache_dit_peer import CACHE_DIT_NOTES, cache_dit_entries
+from ..bench.peers import ADAPTER_NOTES, PEER_NOTES, adapter_entries, diffusers_entries
 from ..bench.report import bars_of, write_markdown
 from ..core.outputs import check_output_path, write_json
 from ..pipelines.base import is_video_model
+from ..pipelines.diffusers_dit import diffusers_folder_kind
 from .flags import add_sampling_args, add_task_args, load_task, nonnegative_int, positive_int
 
-PEERS = ("diffusers",)
+PEERS = {"diffusers": "diffusers", "cache-dit": "cache_dit"}      # --peers name -> the package it needs
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
@@ -42,6 +45,15 @@ def recipe_list(text: str | None, flag: str) -> list[str]:
         except ValueError as e:
             raise ValueError(f"{flag}: recipe {spec!r}: {e}") from None
     return specs
+
+
+def peer_list(text: str) -> list[str]:
+    """'diffusers,cache-dit' -> the peers, each checked."""
+    peers = [p.strip() for p in text.split(",")]
+    bad = [p for p in peers if p not in PEERS]
+    if bad or not peers:
+        raise argparse.ArgumentTypeError(f"{','.join(bad) or repr(text)}: not a peer; valid: {', '.join(PEERS)}")
+    return list(dict.fromkeys(peers))
 
 
 def check_args(args) -> None:
@@ -65,12 +77,19 @@ def check_args(args) -> None:
                              f"--json file of an earlier bench run, or drop --append")
     if args.note is not None and any(not n.strip() for n in args.note):
         raise ValueError("--note '' is empty: give the note's text, e.g. --note 'other jobs were running'")
-    if args.peers:
+    if args.peers or args.through_diffusers:
+        flag = f"--peers {','.join(args.peers)}" if args.peers else "--through-diffusers"
         if is_video_model(args.model):
-            raise ValueError(f"--peers {args.peers} runs diffusers' caches on an image DiT converted to diffusers; "
-                             f"there is no diffusers conversion of ditkit's VideoDiT: drop --peers for {args.model}")
-        if importlib.util.find_spec("diffusers") is None:
-            raise ImportError("--peers diffusers needs the diffusers package: pip install diffusers (or drop --peers)")
+            raise ValueError(f"{flag} runs on an image DiT converted to diffusers' DiTTransformer2DModel; there is no "
+                             f"diffusers conversion of ditkit's VideoDiT: drop {flag.split()[0]} for {args.model}")
+        if diffusers_folder_kind(args.model):
+            raise ValueError(f"{flag} converts a ditkit model file to diffusers; {args.model} is already a diffusers "
+                             f"folder: bench it without {flag.split()[0]} (its rows run through the adapter)")
+        for package in ["diffusers"] + [PEERS[p] for p in args.peers or ()]:
+            if importlib.util.find_spec(package) is None:
+                raise ImportError(f"{flag} needs the {package.replace('_', '-')} package: pip install "
+                                  f"{'--no-deps cache-dit==1.5.3' if package == 'cache_dit' else package} "
+                                  f"(or drop {flag.split()[0]})")
     if args.compile and args.device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise ValueError("--compile compiles the blocks with torch.compile, which needs a C++ compiler on the CPU "
                          "(none of g++, c++, clang++ found): install one (e.g. apt install g++) or drop --compile")
@@ -92,9 +111,17 @@ def run(args):
         if args.compile:
             entries += compiled_entries(pipe, resolved)
         notes = list(args.note or [])
-        if args.peers:
+        if args.through_diffusers:
+            for e in entries:
+                e.impl = "ditkit-native" if e.impl == "ditkit" else e.impl
+            entries += adapter_entries(pipe, resolved)
+            notes += ADAPTER_NOTES
+        if "diffusers" in (args.peers or ()):
             entries += diffusers_entries(pipe, task, args.calibration_prompts, args.calibration_seed)
             notes += PEER_NOTES
+        if "cache-dit" in (args.peers or ()):
+            entries += cache_dit_entries(pipe)
+            notes += CACHE_DIT_NOTES
     timed = args.time_samples or args.num_samples
     tokens = longest_attention(pipe.model)
     s = task.settings()
@@ -111,7 +138,8 @@ def run(args):
                 "repeats": args.repeats, "time_samples": timed,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
                 **s, "command": "ditkit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
-                "plot": args.plot, "notes": notes}
+                "plot": args.plot, "notes": notes, "through_diffusers": args.through_diffusers,
+                "peers": args.peers or []}
     data = {"settings": settings, "machine": machine(), "rows": rows,
             "skipped": [[recipe, why, tokens] for recipe, why in skipped]}
     print(f"peak resident memory of this run: {data['machine']['peak_rss_mb']:.0f} MiB")
@@ -149,8 +177,13 @@ def register(sub):
     p.add_argument("--compile", action="store_true", help="also run every recipe on a copy of the model whose block "
                                                           "stack is compiled (torch.compile of the repeated attention "
                                                           "and MLP modules), rows 'ditkit+compile', interleaved")
-    p.add_argument("--peers", choices=PEERS,
-                   help="image DiTs: also run a peer library's caches on the same weights")
+    p.add_argument("--peers", type=peer_list,
+                   help=f"image DiTs: also run peer libraries' caches on the same weights, converted to diffusers' "
+                        f"DiTTransformer2DModel (comma-separated: {', '.join(PEERS)})")
+    p.add_argument("--through-diffusers", action="store_true",
+                   help="image DiTs: also run every recipe through ditkit's diffusers adapter on the model converted "
+                        "to DiTTransformer2DModel (rows impl 'ditkit', each with psnr_vs_native; the native rows "
+                        "become 'ditkit-native')")
     p.add_argument("--calibration-prompts", type=positive_int, default=10,
                    help="samples for TeaCache / MagCache calibration")
     p.add_argument("--calibration-seed", type=nonnegative_int, default=1000,

@@ -51,11 +51,19 @@ class ModelSection:
     learn_sigma: bool = True
     class_dropout_prob: float = 0.1
     autoencoder: str | None = None   # local path of a diffusers AutoencoderKL for latent diffusion; None = pixels
+    diffusers_class: str | None = None   # train this diffusers class instead of a ditkit DiT (name is then unused)
+    diffusers_config: dict | None = None  # its constructor arguments (channels, sample size, labels: from the data)
 
     def validate(self, where: str = "model") -> None:
         for key in ("input_size", "in_channels", "num_classes"):
             _at_least(self, key, 1, where)
         _in_unit(self, "class_dropout_prob", where, high_open=True)
+        _check(self.diffusers_config is None or isinstance(self.diffusers_config, dict), f"{where}.diffusers_config",
+               self.diffusers_config, "a mapping of constructor arguments",
+               "e.g. {num_layers: 6, num_attention_heads: 3, attention_head_dim: 64, patch_size: 4}")
+        _check(self.diffusers_config is None or self.diffusers_class is not None, f"{where}.diffusers_config",
+               self.diffusers_config, "given with model.diffusers_class", "set model.diffusers_class (e.g. "
+               "DiTTransformer2DModel) or drop model.diffusers_config")
 
 
 @dataclass

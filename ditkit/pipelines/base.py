@@ -14,6 +14,7 @@ from ..diffusion.flow import FlowMatching
 from ..diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
 from ..models.attention import TokenLayout
 from ..models.dit import DiT, DiTConfig
+from ..models.interop.diffusers_trainable import FORMAT as DIFFUSERS_FORMAT
 from ..models.video_dit import VideoDiT, VideoDiTConfig
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -53,7 +54,9 @@ def is_video_model(name_or_path: str | Path) -> bool:
 # What to use for a model file of each format, when a command for another kind was given it
 FORMAT_COMMANDS = {DiT.format_name: "it is an image DiT: sample it with `ditkit generate` (scores: `ditkit eval`)",
                    VideoDiT.format_name: "it is a video DiT: sample it with `ditkit generate-video --task ...` "
-                                         "(scores: `ditkit eval --task ...`)"}
+                                         "(scores: `ditkit eval --task ...`)",
+                   DIFFUSERS_FORMAT: "it is a diffusers transformer trained by ditkit: sample its "
+                                                   "diffusers folder, <results folder>/diffusers"}
 
 
 def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu") -> tuple:

@@ -5,7 +5,7 @@ recipes on the diffusers model itself.
 Folders: a pipeline folder (``transformer/``, ``scheduler/``, optionally ``vae/`` and ``model_index.json``) or a
 transformer folder (``config.json`` of a DiTTransformer2DModel). The diffusion process is DiT's DDPM with the
 scheduler's betas (linear 1e-4..0.02 over 1000 steps without a scheduler folder), learned sigma when the model
-outputs twice its input channels.
+outputs twice its input channels; a folder ditkit trained names its own process (``ditkit_diffusion.json``).
 """
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from pathlib import Path
 import torch
 
 from ..adapters import StackAdapter, spec_for
+from ..core.config import from_dict
+from ..core.configs import DiffusionSection
 from ..diffusion.gaussian import GaussianDiffusion
 from ..models.interop.autoencoder import Autoencoder
 from ..models.interop.diffusers_format import dit_config_of
+from ..models.interop.diffusers_trainable import DIFFUSION_FILE
+from .build import build_process
 
 DIT_CLASS = "DiTTransformer2DModel"
 
@@ -66,17 +70,21 @@ def load_diffusers_dit(path: str | Path, device="cpu", autoencoder: str | None =
         raise ValueError(f"{folder}: its transformer is a {name or 'missing class'}; ditkit's samplers take a "
                          f"{DIT_CLASS} folder (class-conditional); for other diffusers models use "
                          f"ditkit.accelerate(pipeline, recipe) on their own pipeline in Python")
-    dmodel = diffusers.DiTTransformer2DModel.from_pretrained(transformer, local_files_only=True)
+    dmodel = diffusers.DiTTransformer2DModel.from_pretrained(transformer, local_files_only=True, low_cpu_mem_usage=False)
     dmodel = dmodel.to(device).eval()
     betas = {"beta_schedule": "linear", "num_train_timesteps": 1000}
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if kind == "pipeline" and scheduler.is_file():
         betas.update({k: v for k, v in _read(scheduler).items() if k in betas})
-    if betas["beta_schedule"] != "linear":
+    if betas["beta_schedule"] != "linear" and not (folder / DIFFUSION_FILE).is_file():
         raise ValueError(f"{scheduler}: beta_schedule {betas['beta_schedule']!r}; ditkit's DiT process uses DiT's "
                          f"linear betas")
     model = AdaptedDiT(dmodel)
-    process = GaussianDiffusion.from_config("linear", betas["num_train_timesteps"], model.config.learn_sigma)
+    if (folder / DIFFUSION_FILE).is_file():                 # trained by ditkit: its own process
+        section = from_dict(DiffusionSection, _read(folder / DIFFUSION_FILE), "diffusion.")
+        process = build_process(section, model.config.learn_sigma)
+    else:
+        process = GaussianDiffusion.from_config("linear", betas["num_train_timesteps"], model.config.learn_sigma)
     vae = autoencoder or (folder / "vae" if kind == "pipeline" and (folder / "vae").is_dir() else None)
     ae = Autoencoder(str(vae), device) if vae else None
     return model, process, ae, {"format": "diffusers", "path": str(folder)}

@@ -292,7 +292,7 @@ def prepare_training(cfg, resume: str | None, overwrite: bool, dit_name: str) ->
     cfg.validate()
     if getattr(cfg.model, "autoencoder", None):
         check_autoencoder_folder(cfg.model.autoencoder)
-    else:
+    elif not getattr(cfg.model, "diffusers_class", None):
         _patch_size(dit_name, cfg.model.input_size)
     check_results_dir(cfg.train.results_dir, resume, overwrite)
     path = resume_checkpoint(cfg.train.results_dir, resume, cfg.train.steps)
@@ -447,6 +447,8 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
     if rank == 0:
         ckpt.save_weights(out, ema.model.state_dict(),
                           model_metadata(cfg, model, step, {"weights": "ema", "train_seconds_this_run": time.time() - t0}))
+        if hasattr(ema.model, "save_diffusers"):             # a diffusers class: also its own folder layout
+            ema.model.save_diffusers(results / "diffusers", to_dict(cfg.diffusion))
     if world > 1:
         dist.barrier()
     return out

@@ -1,0 +1,62 @@
+"""ditkit's trainer on a diffusers transformer class: exact resume, the diffusers folder it writes, sampling it
+through the adapter, config errors."""
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ditkit.core.checkpoint import load_weights  # noqa: E402
+from ditkit.core.config import load_config  # noqa: E402
+from ditkit.core.configs import TrainConfig  # noqa: E402
+from ditkit.pipelines.diffusers_dit import AdaptedDiT  # noqa: E402
+from ditkit.pipelines.image import DiTPipeline, load  # noqa: E402
+from ditkit.training.trainer import train  # noqa: E402
+
+TINY = ["model.diffusers_class=DiTTransformer2DModel",
+        "model.diffusers_config={num_layers: 2, num_attention_heads: 2, attention_head_dim: 16, patch_size: 8}",
+        "model.learn_sigma=false", "diffusion.objective=flow", "diffusion.timestep_scale=1000",
+        "train.global_batch_size=8", "train.warmup_steps=2", "train.log_every=1", "train.ckpt_every=3",
+        "train.num_threads=1", "train.ema_decay=0.9"]
+
+
+def tiny_cfg(folder, *extra):
+    return load_config(TrainConfig, None, TINY + [f"train.results_dir={folder}", *extra])
+
+
+def test_a_diffusers_class_trains_and_resumes_bitwise(tmp_path):
+    full = train(tiny_cfg(tmp_path / "full", "train.steps=6"), progress=False)
+    part = tiny_cfg(tmp_path / "part", "train.steps=6")
+    train(part, progress=False, max_steps=3)
+    resumed = train(part, resume="auto", progress=False)
+    a, b = load_weights(full), load_weights(resumed)
+    assert a.keys() == b.keys() and all(k.startswith("transformer.transformer_blocks.") or k.startswith("transformer.")
+                                        for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = load_weights(tmp_path / "full/checkpoints/0000003/model.safetensors")
+    assert any(not torch.equal(first[k], a[k]) for k in a)          # it trained
+
+
+def test_the_run_writes_a_diffusers_folder_that_samples_through_the_adapter(tmp_path):
+    import diffusers
+    train(tiny_cfg(tmp_path, "train.steps=3"), progress=False)
+    folder = tmp_path / "diffusers"
+    dmodel = diffusers.DiTTransformer2DModel.from_pretrained(folder / "transformer", low_cpu_mem_usage=False)
+    ema = load_weights(tmp_path / "model.safetensors")
+    assert all(torch.equal(v, ema[f"transformer.{k}"]) for k, v in dmodel.state_dict().items())
+    pipe = load(folder)
+    assert isinstance(pipe, DiTPipeline) and isinstance(pipe.model, AdaptedDiT)
+    assert type(pipe.process).__name__ == "FlowMatching"                  # the training objective, not DDPM
+    plain = pipe(class_labels=[1, 2], num_sampling_steps=4, seed=0)
+    pipe.set_recipe("fora:interval=1")
+    assert torch.equal(pipe(class_labels=[1, 2], num_sampling_steps=4, seed=0), plain)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.diffusers_class=UNet2DConditionModelX", ("diffusers_class", "UNet2DConditionModelX")),
+    ("model.diffusers_config={in_channels: 3}", ("in_channels=3", "drop")),
+    ("model.diffusers_config={num_layerz: 2}", ("does not fit", "num_layerz")),
+])
+def test_bad_diffusers_model_config_is_refused(tmp_path, override, words):
+    with pytest.raises(ValueError) as e:
+        train(tiny_cfg(tmp_path, "train.steps=3", override), progress=False)
+    assert all(w in str(e.value) for w in words), str(e.value)
