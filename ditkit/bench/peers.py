@@ -22,6 +22,7 @@ from ..acceleration.counting import BlockCounter
 from ..acceleration.recipes import Recipe
 from ..hooks.method import Method
 from ..models.interop.diffusers_format import to_diffusers
+from ..pipelines.diffusers_dit import AdaptedDiT
 from ..pipelines.image import DiTPipeline
 from .harness import Entry
 
@@ -57,7 +58,6 @@ ADAPTER_NOTES = [
 def adapter_entries(pipe, resolved: list[tuple]) -> list[Entry]:
     """The recipes ``resolved`` ([(spec, display)]) through ditkit's adapter on ``pipe``'s model converted to a
     diffusers ``DiTTransformer2DModel``, as rows with impl "ditkit"."""
-    from ..pipelines.diffusers_dit import AdaptedDiT
     model = AdaptedDiT(to_diffusers(pipe.model))
     twin = DiTPipeline(model, pipe.process, pipe.autoencoder, pipe.metadata)
     return [Entry(shown, "ditkit", twin, lambda: BlockCounter(model), Recipe(spec)) for spec, shown in resolved]
