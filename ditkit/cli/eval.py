@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..acceleration.recipes import check_recipe
 from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import (EVAL_CFG_SCALE, EVAL_GUIDANCE_INTERVAL, cfg_sweep, evaluate_pipeline, format_table,
                                    plot_cfg_sweep)
 from ..evaluation.video import EVAL_TASKS, evaluate_video, metric_keys, plot_per_frame, save_examples
 from ..pipelines.base import is_video_model, resolve_model_path
+from ..pipelines.diffusers_dit import diffusers_folder_kind
 from ..pipelines.video import VideoPipeline
 from .flags import (add_context_scale_arg, add_sampling_args, check_video_model_flags, guidance_interval,
                     load_pipeline, positive_int, sampling_kwargs)
@@ -20,10 +22,10 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 def run_image_eval(args) -> dict:
     """``ditkit eval`` for class-conditional MNIST image models."""
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args).set_recipe(args.recipe)
     result = evaluate_pipeline(pipe, args.num_samples, progress=not args.no_progress and os.isatty(2),
                                **sampling_kwargs(args))
-    result = {"model": str(args.model), **result}
+    result = {"model": str(args.model), "recipe": str(pipe.recipe), **result}
     s = result["sampling"]
     interval = f" at noise levels {list(s['guidance_interval'])}" if s["guidance_interval"] else ""
     print(f"ditkit eval: {args.model}, {s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}{interval}, "
@@ -38,8 +40,8 @@ def run_cfg_sweep(args) -> dict:
         scales = [float(s) for s in args.cfg_sweep.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--cfg-sweep takes comma-separated guidance scales like 1.0,1.25,1.5, got {args.cfg_sweep!r}")
-    pipe = load_pipeline(args)
-    result = {"model": str(args.model), **cfg_sweep(pipe, scales, args.num_samples, **sampling_kwargs(args))}
+    pipe = load_pipeline(args).set_recipe(args.recipe)
+    result = {"model": str(args.model), "recipe": str(pipe.recipe), **cfg_sweep(pipe, scales, args.num_samples, **sampling_kwargs(args))}
     print(f"ditkit eval --cfg-sweep: {args.model}, {args.num_samples} samples per scale "
           f"(baseline {result['sweep'][0]['frechet_distance_real_baseline']:.2f})")
     print(f"{'cfg':>6}  {'accuracy':>8}  {'Fréchet':>8}")
@@ -55,7 +57,7 @@ def run_cfg_sweep(args) -> dict:
 def run_video_eval(args) -> dict:
     """``ditkit eval --task ...`` for VideoDiT models: prints the table, writes the per-frame plot and the example
     strips where asked (``--plot``, ``--examples``; with ``--json``, next to it by default)."""
-    pipe = VideoPipeline.from_pretrained(args.model, args.device)
+    pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
     result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
                                      args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
                                      guidance_interval(args.guidance_interval), args.context_scale)
@@ -93,7 +95,8 @@ def check_args(args) -> None:
     guidance_interval(args.guidance_interval)
     if args.cfg_sweep and args.task:
         raise ValueError("--cfg-sweep evaluates image models; drop --task (or --cfg-sweep)")
-    video = is_video_model(resolve_model_path(args.model))
+    check_recipe(args.recipe)
+    video = not diffusers_folder_kind(args.model) and is_video_model(resolve_model_path(args.model))
     if video:
         check_video_model_flags(args)
         if not args.task:
@@ -129,6 +132,7 @@ def register(sub):
     p = sub.add_parser("eval", help="sample a model and score it (MNIST: classifier accuracy and Fréchet distance on "
                                     "ditkit's MNIST-classifier features)")
     add_sampling_args(p, default_cfg=EVAL_CFG_SCALE, default_interval=EVAL_GUIDANCE_INTERVAL)
+    p.add_argument("--recipe", help="score the model with this acceleration recipe applied, e.g. fora:interval=3")
     p.add_argument("--num-samples", type=positive_int, default=1000, help="class-balanced samples to generate (label i %% 10)")
     p.add_argument("--json", help="also write all results to this JSON file (a video --task evaluation also writes "
                                   "its per-frame plot and example clips next to it: NAME-per-frame.png, "
