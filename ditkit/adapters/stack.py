@@ -207,7 +207,7 @@ class _RoutedProcessor:
             try:
                 if self.slot.observer is not None:
                     self.slot.observer(q, k)
-                return (self.slot.backend or dense)(q, k, v, layout)
+                return dense(q, k, v) if self.slot.backend is None else self.slot.backend(q, k, v, layout)
             finally:
                 F.scaled_dot_product_attention = routed
 
@@ -246,7 +246,6 @@ class StackAdapter(nn.Module):
     """A diffusers transformer (``model``) behind the block-stack contract, per a :class:`BlockStack` ``spec``.
     Calling the adapter calls the transformer. ``close()`` restores the transformer exactly."""
 
-    exposes_attention_scores = False                   # no per-call attention observer (ToCa's token scores)
 
     def __init__(self, model: nn.Module, spec: BlockStack):
         super().__init__()
@@ -293,6 +292,11 @@ class StackAdapter(nn.Module):
             raise ValueError(f"{type(self.model).__name__}: {num_tokens} stack tokens, but the input has "
                              f"{self._text} text + {f}x{h}x{w} image tokens; check the BlockStack grid")
         return TokenLayout(f, h, w, text=self._text)
+
+    @property
+    def whole_block_branches(self) -> bool:
+        """True if some block is one whole-block branch (its class's branches are not written out)."""
+        return any(type(b.module).__name__ not in BLOCK_BRANCHES or self.spec.text for b in self.stack_blocks)
 
     @property
     def float_modules(self) -> tuple[str, ...]:

@@ -98,7 +98,8 @@ def _calibrated_magcache(model, inputs, model_name: str, folder: Path) -> str:
 
 
 def expected_blocks(name: str, method, trace: list, rows: int, depth: int) -> float:
-    """The block evaluations a caching method's recorded decisions imply (per call: rows computed or not)."""
+    """The block evaluations a caching method's recorded decisions imply (per call: rows computed or not; for
+    ToCa the full steps only)."""
     total = 0.0
     for _, _, computed in trace:
         per_row = computed if isinstance(computed, list) else [computed] * rows
@@ -138,9 +139,12 @@ def check(model_name: str, method_name: str, folder: Path) -> dict:
                 expected = expected_blocks(method_name, method, method.trace, out.shape[0], depth)
             if not blocks < full_blocks:
                 return {**row, "status": "failed", "detail": f"{skipping} skipped nothing ({blocks} blocks)"}
-            if blocks != expected:
+            # ToCa's cached steps refresh some tokens of every MLP: more than its full steps, less than everything
+            fits = (expected < blocks < full_blocks) if method_name == "toca" else blocks == expected
+            if not fits:
                 return {**row, "status": "failed",
-                        "detail": f"{skipping}: {blocks} block evaluations counted, its decisions imply {expected}"}
+                        "detail": f"{skipping}: {blocks} block evaluations counted, its decisions imply {expected}"
+                                  f"{' plus partial MLP refreshes' if method_name == 'toca' else ''}"}
             detail = f"{same} bitwise; {skipping}: {blocks:g} of {full_blocks:g} block evaluations"
         elif issubclass(cls, AttentionMethod):
             off = DENSE_RULES_OFF[method_name]

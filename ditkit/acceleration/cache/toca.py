@@ -41,13 +41,15 @@ class ToCa(ModuleCacheMethod):
         return self.step % self.interval == 0
 
     def attach(self, model) -> None:
-        if not getattr(model, "exposes_attention_scores", True):
-            raise ValueError(f"toca cannot apply to {type(model.model).__name__}: it scores tokens by the attention "
-                             f"they receive, observed inside ditkit's own attention modules, which an adapted "
-                             f"diffusers model does not have; use fora, taylorseer or a whole-stack cache")
+        if getattr(model, "whole_block_branches", False):
+            raise ValueError(f"toca cannot apply to {type(model.model).__name__}: it refreshes the MLP output of "
+                             f"selected tokens, but this adapted model's blocks are single whole-block branches "
+                             f"(attention and MLP together); use fora, taylorseer or a whole-stack cache")
         super().attach(model)
         points = HookPoints.of(model)
-        for i, attn in enumerate(m for m in model.modules() if isinstance(m, Attention)):
+        layers = model.attention_layers() if hasattr(model, "attention_layers") else \
+            [m for m in model.modules() if isinstance(m, Attention)]
+        for i, attn in enumerate(layers):
             points.set(f"attention.{i}.observer", self, attn, "observer", self._observe)
         self._scoring = None
 
