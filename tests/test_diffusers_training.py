@@ -60,3 +60,24 @@ def test_bad_diffusers_model_config_is_refused(tmp_path, override, words):
     with pytest.raises(ValueError) as e:
         train(tiny_cfg(tmp_path, "train.steps=3", override), progress=False)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_ddp_two_processes_match_one_on_a_diffusers_class(tmp_path):
+    """2 gloo ranks x 4 samples == 1 process x 8 samples (to 1e-5: the all-reduce sums gradients in another order,
+    and Adam's normalisation magnifies that on near-zero gradients; 6e-6 after 3 steps at lr 1e-3), and the run
+    writes its diffusers folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    args = [f"--set={s}" for s in TINY + ["train.steps=3", "train.device=cpu"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["-m", "ditkit.cli", "train", "--config", "configs/mnist-diffusers-dit.yaml", "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable] + cmd + args + [f"--set=train.results_dir={tmp_path}/single"], check=True,
+                   cwd=repo, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd + args
+                   + [f"--set=train.results_dir={tmp_path}/ddp"], check=True, cwd=repo, env=env, capture_output=True)
+    a, b = load_weights(tmp_path / "single/model.safetensors"), load_weights(tmp_path / "ddp/model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert (tmp_path / "ddp/diffusers/transformer/config.json").is_file()
