@@ -383,3 +383,47 @@ def test_generate_from_a_diffusers_folder(dit_folder, tmp_path):
     run_cli("generate", "--model", dit_folder, "--num-sampling-steps", "2", "--class-labels", "1", "2",
             "--out", out)
     assert out.is_file() and out.stat().st_size > 0
+
+
+class TwoExpertPipeline(SeparateCFGPipeline):
+    """Wan 2.2's loop: ``transformer`` above a boundary timestep, ``transformer_2`` below it."""
+
+    def __init__(self, transformer, transformer_2, scheduler, boundary=500.0):
+        super().__init__(transformer, scheduler)
+        self.transformer_2, self.boundary, self.high = transformer_2, boundary, transformer
+
+    def __call__(self, prompt_embeds, negative_prompt_embeds, latents, num_inference_steps=WAN_STEPS,
+                 guidance_scale=WAN_GUIDANCE):
+        self.scheduler.set_timesteps(num_inference_steps)
+        self.scheduler.set_begin_index(0)
+        with torch.no_grad():
+            for t in self.scheduler.timesteps:
+                model = self.high if float(t) >= self.boundary else self.transformer_2
+                timestep = t.expand(latents.shape[0])
+                noise = model(hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds,
+                              return_dict=False)[0]
+                latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+        return latents
+
+
+def test_both_experts_of_a_two_transformer_pipeline_get_the_recipe():
+    high, _ = wan(seed=0)
+    low, _ = wan(seed=1)
+    pipe = TwoExpertPipeline(high, low, diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    reference = pipe(**_wan_inputs())
+    with accelerate(pipe, "fora:interval=1") as handle:
+        assert len(handle.recipes) == 2 and [a.model for a in handle.adapters] == [high, low]
+        assert torch.equal(pipe(**_wan_inputs()), reference)
+    handle = accelerate(pipe, "fora:interval=2")
+    for r in handle.recipes:
+        r.methods[0].trace = []
+    out = pipe(**_wan_inputs())
+    high_steps = [s for s, _, _ in handle.recipes[0].methods[0].trace]
+    low_steps = [s for s, _, _ in handle.recipes[1].methods[0].trace]
+    assert high_steps and low_steps and max(high_steps) < min(low_steps)     # each expert sees its own steps
+    assert sorted(high_steps + low_steps) == list(range(WAN_STEPS))
+    assert not torch.equal(out, reference)
+    handle.remove()
+    handle.remove()                                                          # a second remove changes nothing
+    assert torch.equal(pipe(**_wan_inputs()), reference)
+    assert type(high.blocks) is torch.nn.ModuleList and type(low.blocks) is torch.nn.ModuleList
