@@ -58,12 +58,13 @@ class ModelSection:
         for key in ("input_size", "in_channels", "num_classes"):
             _at_least(self, key, 1, where)
         _in_unit(self, "class_dropout_prob", where, high_open=True)
-        _check(self.diffusers_config is None or isinstance(self.diffusers_config, dict), f"{where}.diffusers_config",
-               self.diffusers_config, "a mapping of constructor arguments",
+        config = getattr(self, "diffusers_config", None)          # image models only
+        _check(config is None or isinstance(config, dict), f"{where}.diffusers_config", config,
+               "a mapping of constructor arguments",
                "e.g. {num_layers: 6, num_attention_heads: 3, attention_head_dim: 64, patch_size: 4}")
-        _check(self.diffusers_config is None or self.diffusers_class is not None, f"{where}.diffusers_config",
-               self.diffusers_config, "given with model.diffusers_class", "set model.diffusers_class (e.g. "
-               "DiTTransformer2DModel) or drop model.diffusers_config")
+        _check(config is None or getattr(self, "diffusers_class", None) is not None, f"{where}.diffusers_config",
+               config, "given with model.diffusers_class", "set model.diffusers_class (e.g. DiTTransformer2DModel) "
+               "or drop model.diffusers_config")
 
 
 @dataclass
