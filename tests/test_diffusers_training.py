@@ -81,3 +81,45 @@ def test_ddp_two_processes_match_one_on_a_diffusers_class(tmp_path):
     a, b = load_weights(tmp_path / "single/model.safetensors"), load_weights(tmp_path / "ddp/model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert (tmp_path / "ddp/diffusers/transformer/config.json").is_file()
+
+
+VIDEO = ["model.diffusers_config={patch_size: [1, 8, 8], num_attention_heads: 2, attention_head_dim: 12, "
+         "ffn_dim: 32, num_layers: 2, text_dim: 16, freq_dim: 256, rope_max_seq_len: 32}",
+         "train.global_batch_size=2", "train.warmup_steps=1", "train.decay_start=null", "train.log_every=1",
+         "train.ckpt_every=2", "train.num_threads=1"]
+
+
+def video_cfg(folder, *extra):
+    from ditkit.core.configs import VideoTrainConfig
+    return load_config(VideoTrainConfig, "configs/moving-mnist-wan.yaml",
+                       VIDEO + [f"train.results_dir={folder}", *extra])
+
+
+def test_a_diffusers_video_class_trains_resumes_and_samples_through_the_adapter(tmp_path, monkeypatch):
+    from pathlib import Path
+    from ditkit.core.configs import is_video_config
+    from ditkit.pipelines.base import is_video_model
+    from ditkit.pipelines.diffusers_dit import AdaptedVideo
+    from ditkit.pipelines.video import VideoPipeline, video_condition
+    from ditkit.training.video import train_video
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert is_video_config("configs/moving-mnist-wan.yaml")
+    full = train_video(video_cfg(tmp_path / "full", "train.steps=4"), progress=False)
+    part = video_cfg(tmp_path / "part", "train.steps=4")
+    train_video(part, progress=False, max_steps=2)
+    resumed = train_video(part, resume="auto", progress=False)
+    a, b = load_weights(full), load_weights(resumed)
+    assert a.keys() == b.keys() and {k.split(".")[0] for k in a} == {"transformer", "label_embedding"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert is_video_model(tmp_path / "full")
+    pipe = load(tmp_path / "full")
+    assert isinstance(pipe, VideoPipeline) and isinstance(pipe.model, AdaptedVideo)
+    frames = torch.rand(1, 4, 32, 32) * 2 - 1
+    context, mask = video_condition("predict", frames, pipe.num_frames, pipe.frame_shape)
+    kw = dict(labels=[3], num_sampling_steps=3, seed=0)
+    plain = pipe(context[None], mask, **kw)
+    assert torch.equal(plain[:, :, :4], context[None, :, :4])             # given frames are the context, bitwise
+    pipe.set_recipe("fora:interval=1")
+    assert torch.equal(pipe(context[None], mask, **kw), plain)
+    pipe.set_recipe("fora:interval=2+sta:density=0.5,tile=1x2x2,min_tokens=0,full_steps=0")
+    assert not torch.equal(pipe(context[None], mask, **kw), plain)

@@ -58,11 +58,11 @@ class ModelSection:
         for key in ("input_size", "in_channels", "num_classes"):
             _at_least(self, key, 1, where)
         _in_unit(self, "class_dropout_prob", where, high_open=True)
-        config = getattr(self, "diffusers_config", None)          # image models only
+        config = self.diffusers_config
         _check(config is None or isinstance(config, dict), f"{where}.diffusers_config", config,
                "a mapping of constructor arguments",
                "e.g. {num_layers: 6, num_attention_heads: 3, attention_head_dim: 64, patch_size: 4}")
-        _check(config is None or getattr(self, "diffusers_class", None) is not None, f"{where}.diffusers_config",
+        _check(config is None or self.diffusers_class is not None, f"{where}.diffusers_config",
                config, "given with model.diffusers_class", "set model.diffusers_class (e.g. DiTTransformer2DModel) "
                "or drop model.diffusers_config")
 
@@ -168,6 +168,8 @@ class VideoModelSection:
     class_dropout_prob: float = 0.1
     mask_channel: bool = True
     init_from: str | None = None     # image DiT to inflate from: bundled name, .safetensors or results folder
+    diffusers_class: str | None = None   # train this diffusers video class instead (e.g. WanTransformer3DModel)
+    diffusers_config: dict | None = None  # its constructor arguments (channels: from the data and mask_channel)
 
     def validate(self, where: str = "model") -> None:
         ModelSection.validate(self, where)
@@ -239,8 +241,10 @@ class VideoTrainConfig:
 
 
 def is_video_config(path: str | None) -> bool:
-    """Whether a config file describes a VideoDiT (its model.name starts with 'VideoDiT')."""
+    """Whether a config file describes a video model: its model.name starts with 'VideoDiT', or it has a video data
+    section (num_frames)."""
     if path is None or not Path(path).is_file():
         return False
     data = yaml.safe_load(Path(path).read_text()) or {}
-    return str((data.get("model") or {}).get("name", "")).startswith("VideoDiT")
+    model = data.get("model") or {}
+    return str(model.get("name", "")).startswith("VideoDiT") or "num_frames" in model

@@ -15,6 +15,7 @@ from ..diffusion.samplers import FLOW_SAMPLERS, NoiseSource, sample
 from ..models.attention import TokenLayout
 from ..models.dit import DiT, DiTConfig
 from ..models.interop.diffusers_trainable import FORMAT as DIFFUSERS_FORMAT
+from ..models.interop.diffusers_trainable import VIDEO_FORMAT as DIFFUSERS_VIDEO_FORMAT
 from ..models.video_dit import VideoDiT, VideoDiTConfig
 
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -48,7 +49,8 @@ def is_video_model(name_or_path: str | Path) -> bool:
         path = resolve_model_path(name_or_path)
     except FileNotFoundError:
         return False
-    return path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") == VideoDiT.format_name
+    return path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") in (VideoDiT.format_name,
+                                                                                     DIFFUSERS_VIDEO_FORMAT)
 
 
 # What to use for a model file of each format, when a command for another kind was given it

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from ..adapters import StackAdapter, spec_for
+from ..core import checkpoint as ckpt
 from ..core.config import from_dict
 from ..core.configs import DiffusionSection
 from ..diffusion.gaussian import GaussianDiffusion
 from ..models.interop.autoencoder import Autoencoder
 from ..models.interop.diffusers_format import dit_config_of
-from ..models.interop.diffusers_trainable import DIFFUSION_FILE
+from ..models.interop.diffusers_trainable import (DIFFUSION_FILE, DiffusersVideoConfig, DiffusersVideoModel)
 from .build import build_process
 
 DIT_CLASS = "DiTTransformer2DModel"
@@ -39,6 +40,27 @@ class AdaptedDiT(StackAdapter):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, C, H, W], t [N], y [N] (``num_classes`` = the null label) -> [N, C or 2C, H, W]."""
         return self.model(x, timestep=t, class_labels=y, return_dict=False)[0]
+
+
+class AdaptedVideo(StackAdapter):
+    """A diffusers video transformer trained by ditkit (:class:`DiffusersVideoModel`) as ditkit's masked video
+    denoiser behind the block-stack contract: ``model(x, t, y, context=, mask=)``, its config, every recipe."""
+
+    def __init__(self, video: DiffusersVideoModel):
+        super().__init__(video.transformer, spec_for(video.transformer))
+        self.video = video
+        self.config, self.in_channels, self.grid = video.config, video.in_channels, video.grid
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, force_drop_ids=None,
+                context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.video(x, t, y, force_drop_ids, context, mask)
+
+
+def load_diffusers_video(path: Path, meta: dict, device="cpu") -> AdaptedVideo:
+    """The adapted model of a ditkit file holding a trained :class:`DiffusersVideoModel`."""
+    video = DiffusersVideoModel(DiffusersVideoConfig(**meta["dit_config"]))
+    ckpt.load_state_dict_strict(video, ckpt.load_weights(path), str(path))
+    return AdaptedVideo(video.to(device).eval())
 
 
 def diffusers_folder_kind(path: str | Path) -> str | None:

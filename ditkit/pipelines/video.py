@@ -14,13 +14,16 @@ from typing import Sequence
 
 import torch
 
+from ..core import checkpoint as ckpt
 from ..core.config import from_dict
 from ..core.configs import VideoTrainConfig
 from ..diffusion.guidance import ContextGuidedModel, GuidedModel
 from ..diffusion.masks import check_mask, given_frames, task_mask
 from ..diffusion.samplers import NoiseSource
+from ..models.interop.diffusers_trainable import VIDEO_FORMAT
 from ..models.video_dit import VideoDiT, VideoDiTConfig
 from .base import Pipeline, load_ditkit_model, resolve_model_path
+from .diffusers_dit import load_diffusers_video
 from .build import build_process
 
 
@@ -75,6 +78,13 @@ def video_condition(task: str, context: torch.Tensor | None, num_frames: int, fr
 class VideoPipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device="cpu") -> "VideoPipeline":
+        """A ditkit VideoDiT file, or a diffusers video transformer ditkit trained (sampled through the adapter)."""
+        path = resolve_model_path(name_or_path)
+        meta = ckpt.read_metadata(path) if path.suffix == ".safetensors" else {}
+        if meta.get("format") == VIDEO_FORMAT:
+            model = load_diffusers_video(path, meta, device)
+            cfg = from_dict(VideoTrainConfig, meta["train_config"])
+            return cls(model, build_process(cfg.diffusion, False), None, meta)
         model, meta = load_video_dit(name_or_path, device)
         cfg = from_dict(VideoTrainConfig, meta["train_config"])
         return cls(model, build_process(cfg.diffusion, model.config.learn_sigma), None, meta)

@@ -16,6 +16,7 @@ from ..core.configs import VideoDataSection, VideoModelSection, VideoTrainConfig
 from ..core.devices import resolve_device
 from ..data.video import MovingMNIST, VideoFolder
 from ..diffusion.masks import training_masks
+from ..models.interop.diffusers_trainable import build_diffusers_video_model
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from ..pipelines.build import build_process
 from ..pipelines.image import load_dit
@@ -35,7 +36,14 @@ def load_video_data(section: VideoDataSection, split: str = "train", seed: int =
     raise ValueError(f"unknown video dataset {section.name!r}; valid: moving-mnist, folder")
 
 
-def build_video_model(section: VideoModelSection) -> VideoDiT:
+def build_video_model(section: VideoModelSection):
+    """A VideoDiT, or the diffusers video class ``section.diffusers_class`` (:class:`DiffusersVideoModel`)."""
+    if section.diffusers_class:
+        if section.init_from:
+            raise ValueError("model.init_from inflates an image DiT into a VideoDiT; drop it for model.diffusers_class")
+        return build_diffusers_video_model(section.diffusers_class, section.diffusers_config, section.in_channels,
+                                           section.input_size, section.num_frames, section.num_classes,
+                                           section.class_dropout_prob, section.mask_channel)
     model = VideoDiT(video_dit_config(section.name, layout=section.layout, input_size=section.input_size,
                                       num_frames=section.num_frames, tubelet=section.tubelet,
                                       in_channels=section.in_channels, num_classes=section.num_classes,

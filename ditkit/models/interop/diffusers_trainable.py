@@ -115,3 +115,101 @@ def build_diffusers_model(name: str, config: dict | None, in_channels: int, inpu
         given = ", ".join(f"{k}={a} (the data and model section give {b})" for k, (a, b) in clash.items())
         raise ValueError(f"model.diffusers_config sets {given}: drop them")
     return DiffusersClassModel(DiffusersClassConfig(name, {**config, **derived}, num_classes, class_dropout_prob))
+
+
+VIDEO_FORMAT = "ditkit-diffusers-video-transformer"
+
+
+@dataclass
+class DiffusersVideoConfig:
+    """A diffusers video transformer (taking hidden_states [N, C, F, H, W], timestep, encoder_hidden_states) trained
+    with ditkit's mask modelling; ``text_dim`` is the width of its text states, here one learned embedding per
+    label (per frame for per-frame labels)."""
+
+    diffusers_class: str
+    diffusers_config: dict
+    num_frames: int
+    input_size: int
+    in_channels: int
+    num_classes: int
+    class_dropout_prob: float
+    text_dim: int
+    learn_sigma: bool = False
+    mask_channel: bool = True
+    layout: str = "full3d"       # every token attends to every frame's tokens (Wan, CogVideoX, LTX)
+    depth: int = 0
+    hidden_size: int = 0
+    num_heads: int = 0
+    tubelet: int = 1
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.input_size, self.input_size
+
+    def to_dict(self) -> dict:
+        keys = ("diffusers_class", "diffusers_config", "num_frames", "input_size", "in_channels", "num_classes",
+                "class_dropout_prob", "text_dim", "learn_sigma", "mask_channel")
+        return {k: getattr(self, k) for k in keys}
+
+
+class DiffusersVideoModel(nn.Module):
+    """A diffusers video transformer as ditkit's masked video denoiser (VDT's unified mask modelling, as
+    :class:`~ditkit.models.video_dit.VideoDiT`): given positions (mask 0) take the clean context, a mask channel is
+    appended, labels [N] or per frame [N, F] become text states [N, 1 or F, text_dim] from a learned table whose
+    last row is the null label. x [N, C, F, H, W], t [N] -> [N, C, F, H, W]."""
+
+    format_name = VIDEO_FORMAT
+
+    def __init__(self, config: DiffusersVideoConfig):
+        super().__init__()
+        self.config = config
+        cls = _diffusers_class(config.diffusers_class)
+        try:
+            self.transformer = cls(**config.diffusers_config)
+        except TypeError as e:
+            raise ValueError(f"model.diffusers_config does not fit {config.diffusers_class}: {e}") from None
+        self.label_embedding = nn.Embedding(config.num_classes + 1, config.text_dim)
+        nn.init.normal_(self.label_embedding.weight, std=0.02)
+        self.in_channels = config.in_channels
+        c = self.transformer.config
+        patch = c.get("patch_size") or (1, 1, 1)
+        config.depth, config.num_heads = c.get("num_layers", 1), c.get("num_attention_heads", 1)
+        config.hidden_size = config.num_heads * c.get("attention_head_dim", 64)
+        config.tubelet = patch[0]
+        self.grid = (config.input_size // patch[1], config.input_size // patch[2])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        N, _, F, H, W = x.shape
+        if mask is not None:
+            if context is None:
+                raise ValueError("a mask needs the clean context video it refers to")
+            mask = mask.to(x.dtype).expand(N, 1, F, H, W)
+            x = mask * x + (1 - mask) * context
+        if self.config.mask_channel:
+            x = torch.cat([x, mask if mask is not None else x.new_ones(N, 1, F, H, W)], dim=1)
+        null = self.config.num_classes
+        y = torch.full((N,), null, device=x.device, dtype=torch.long) if y is None else y.reshape(N, -1)
+        y = y.reshape(N, -1)
+        if force_drop_ids is not None:
+            y = torch.where(force_drop_ids.reshape(N, 1).bool(), null, y)
+        return self.transformer(x, timestep=t, encoder_hidden_states=self.label_embedding(y),
+                                return_dict=False)[0]
+
+
+def build_diffusers_video_model(name: str, config: dict | None, in_channels: int, input_size: int, num_frames: int,
+                                num_classes: int, class_dropout_prob: float, mask_channel: bool
+                                ) -> DiffusersVideoModel:
+    """The video class ``name`` with ``config``; its input channels (with the mask channel) and output channels are
+    set from the data, its text width (``text_dim``) taken from the config (default 64)."""
+    derived = {"in_channels": in_channels + int(mask_channel), "out_channels": in_channels}
+    config = dict(config or {})
+    clash = {k: (config[k], v) for k, v in derived.items() if k in config and config[k] != v}
+    if clash:
+        given = ", ".join(f"{k}={a} (the data and model section give {b})" for k, (a, b) in clash.items())
+        raise ValueError(f"model.diffusers_config sets {given}: drop them")
+    config = {"text_dim": 64, **config, **derived}
+    return DiffusersVideoModel(DiffusersVideoConfig(name, config, num_frames, input_size, in_channels, num_classes,
+                                                    class_dropout_prob, config["text_dim"],
+                                                    mask_channel=mask_channel))
