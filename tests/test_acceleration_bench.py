@@ -152,3 +152,23 @@ def test_markdown_report_replaces_only_its_section(tmp_path):
     assert "run one" not in text and "run two" in text and "keep me" in text and text.startswith("# Title")
     assert "video one" not in text and "video two" in text
     assert all(text.count(m) == 1 for m in MARKERS + VIDEO_MARKERS)
+
+
+def test_bench_through_the_diffusers_adapter_beside_cache_dit(model_file, tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("cache_dit")
+    js, md = tmp_path / "b.json", tmp_path / "B.md"
+    main(["bench", "--model", str(model_file), "--recipes", "fora:interval=2", "--through-diffusers",
+          "--peers", "cache-dit", "--num-samples", "2", "--num-sampling-steps", "5", "--repeats", "1",
+          "--json", str(js), "--markdown", str(md)])
+    rows = json.loads(js.read_text())["rows"]
+    assert {r["subject"] for r in rows} == {str(model_file)}
+    by = {(r["impl"], r["recipe"]): r for r in rows}
+    assert {("ditkit-native", "none"), ("ditkit-native", "fora:interval=2"), ("ditkit", "none"),
+            ("ditkit", "fora:interval=2")} <= set(by)
+    assert any(impl == "cache-dit" for impl, _ in by)
+    # the adapter on the converted model reproduces the native recipe (bitwise: PSNR capped at 100 dB)
+    assert by["ditkit", "fora:interval=2"]["psnr_vs_native"] >= 100
+    assert by["ditkit", "fora:interval=2"]["psnr"] == by["ditkit-native", "fora:interval=2"]["psnr"]
+    text = md.read_text()
+    assert "side by side with cache-dit" in text and "through the diffusers adapter give the images" in text

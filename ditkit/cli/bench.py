@@ -131,7 +131,8 @@ def run(args):
           f"{args.num_samples}), "
           f"{s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, {torch.get_num_threads()} thread(s)")
     skipped = []
-    rows = run_bench(entries, task, args.repeats, log=log, time_samples=args.time_samples, skipped=skipped)
+    rows = [{"subject": args.model, **r} for r in run_bench(entries, task, args.repeats, log=log,
+                                                            time_samples=args.time_samples, skipped=skipped)]
     del entries
     print(markdown_table(rows))
     settings = {"model": args.model, "kind": task.kind, "tokens": tokens, "num_samples": args.num_samples,
