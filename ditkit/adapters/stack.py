@@ -20,7 +20,10 @@ model's own code:
   call to ``torch.nn.functional.scaled_dot_product_attention`` (direct, or through diffusers' dispatcher) runs the
   backend instead, with the token layout of that call (all frames, one frame or one position over frames).
 
-Everything is put back by :meth:`StackAdapter.close`.
+Everything is put back by :meth:`StackAdapter.close`. Limits: the routing swaps the module attribute
+``F.scaled_dot_product_attention`` for the duration of a wrapped processor call, so two threads must not run
+adapted models with attention backends at once; written-out block branches equal the block's own forward bitwise in
+float32 (in bf16 they may round differently).
 """
 from __future__ import annotations
 
