@@ -49,6 +49,20 @@ def _diffusers_class(name: str):
     return cls
 
 
+def build_transformer(config) -> nn.Module:
+    """``config.diffusers_class`` built from ``config.diffusers_config``; fills in the config's depth, width and heads
+    (the training-memory estimate reads them)."""
+    cls = _diffusers_class(config.diffusers_class)
+    try:
+        transformer = cls(**config.diffusers_config)
+    except TypeError as e:
+        raise ValueError(f"model.diffusers_config does not fit {config.diffusers_class}: {e}") from None
+    c = transformer.config
+    config.depth, config.num_heads = c.get("num_layers", 1), c.get("num_attention_heads", 1)
+    config.hidden_size = config.num_heads * c.get("attention_head_dim", 64)
+    return transformer
+
+
 class DiffusersClassModel(nn.Module):
     """``transformer`` [a diffusers class taking (hidden_states, timestep, class_labels)] as ditkit's denoiser:
     x [N, C, H, W], t [N], y [N] -> [N, C or 2C, H, W]; rows with ``force_drop_ids`` get the null label."""
@@ -58,14 +72,8 @@ class DiffusersClassModel(nn.Module):
     def __init__(self, config: DiffusersClassConfig):
         super().__init__()
         self.config = config
-        cls = _diffusers_class(config.diffusers_class)
-        try:
-            self.transformer = cls(**config.diffusers_config)
-        except TypeError as e:
-            raise ValueError(f"model.diffusers_config does not fit {config.diffusers_class}: {e}") from None
+        self.transformer = build_transformer(config)
         c = self.transformer.config
-        config.depth, config.num_heads = c.get("num_layers", 1), c.get("num_attention_heads", 1)
-        config.hidden_size = config.num_heads * c.get("attention_head_dim", 64)
         patch = c.get("patch_size", 1) or 1
         self.grid = (c.get("sample_size", 1) // patch,) * 2
         self.train(False)
@@ -163,18 +171,12 @@ class DiffusersVideoModel(nn.Module):
     def __init__(self, config: DiffusersVideoConfig):
         super().__init__()
         self.config = config
-        cls = _diffusers_class(config.diffusers_class)
-        try:
-            self.transformer = cls(**config.diffusers_config)
-        except TypeError as e:
-            raise ValueError(f"model.diffusers_config does not fit {config.diffusers_class}: {e}") from None
+        self.transformer = build_transformer(config)
         self.label_embedding = nn.Embedding(config.num_classes + 1, config.text_dim)
         nn.init.normal_(self.label_embedding.weight, std=0.02)
         self.in_channels = config.in_channels
         c = self.transformer.config
         patch = c.get("patch_size") or (1, 1, 1)
-        config.depth, config.num_heads = c.get("num_layers", 1), c.get("num_attention_heads", 1)
-        config.hidden_size = config.num_heads * c.get("attention_head_dim", 64)
         config.tubelet = patch[0]
         self.grid = (config.input_size // patch[1], config.input_size // patch[2])
 
