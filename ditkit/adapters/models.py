@@ -10,16 +10,13 @@ JOINT = ("its self-attention is joint over text and image tokens{mask}; ditkit's
 
 def packed_grid(model, args) -> tuple[int, int, int]:
     """FLUX: packed tokens [N, T, C] with position ids ``img_ids`` [T, 3] = (0, row, column): (1, rows, T / rows).
-    Reads the ids on the host, once per ids tensor (pipelines make one per generation)."""
+    Reads the ids on the host once per ids tensor (pipelines make one per generation), kept on the tensor itself."""
     ids = args["img_ids"]
-    key = (ids.data_ptr(), tuple(ids.shape))
-    if packed_grid.memo.get("key") != key:
+    grid = getattr(ids, "_ditkit_grid", None)
+    if grid is None:
         rows = int(ids[:, 1].max()) + 1
-        packed_grid.memo.update(key=key, grid=(1, rows, ids.shape[0] // rows))
-    return packed_grid.memo["grid"]
-
-
-packed_grid.memo = {}
+        grid = ids._ditkit_grid = (1, rows, ids.shape[0] // rows)
+    return grid
 
 
 def ltx_grid(model, args) -> tuple[int, int, int]:

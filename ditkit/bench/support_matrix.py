@@ -97,6 +97,18 @@ def _calibrated_magcache(model, inputs, model_name: str, folder: Path) -> str:
     return str(path)
 
 
+class CannotApply(Exception):
+    """A method's own refusal to attach to a model (its ValueError at ``accelerate``), as opposed to a failure."""
+
+
+def _installed(model, spec: str):
+    """``accelerate(model, spec)``, its refusal raised as :class:`CannotApply` (a ValueError later is a failure)."""
+    try:
+        return accelerate(model, spec)
+    except ValueError as e:
+        raise CannotApply(str(e)) from None
+
+
 def expected_blocks(name: str, method, trace: list, rows: int, depth: int) -> float:
     """The block evaluations a caching method's recorded decisions imply (per call: rows computed or not; for
     ToCa the full steps only)."""
@@ -125,13 +137,13 @@ def check(model_name: str, method_name: str, folder: Path) -> dict:
                  if method_name == "magcache" else "")
         if issubclass(cls, CachingMethod):
             same = _spec(method_name, NEVER_SKIP[method_name], extra)
-            with accelerate(model, same) as handle:
+            with _installed(model, same) as handle:
                 out, full_blocks = sample(model, inputs, model_name, handle)
             if not torch.equal(out, reference):
                 return {**row, "status": "failed", "detail": f"{same} is not bitwise full compute "
                         f"(max diff {(out - reference).abs().max().item():.3g})"}
             skipping = _spec(method_name, SKIPPING[method_name], extra)
-            with accelerate(model, skipping) as handle:
+            with _installed(model, skipping) as handle:
                 method = handle.recipe.methods[0]
                 method.trace = []
                 out, blocks = sample(model, inputs, model_name, handle)
@@ -151,21 +163,21 @@ def check(model_name: str, method_name: str, folder: Path) -> dict:
             detail = ""
             if method_name in KEEP_ALL:
                 keep = _spec(method_name, KEEP_ALL[method_name], "min_tokens=0", off)
-                with accelerate(model, keep) as handle:
+                with _installed(model, keep) as handle:
                     out, _ = sample(model, inputs, model_name, handle)
                 err = (out - reference).abs().max().item() / scale
                 if err > 1e-5:
                     return {**row, "status": "failed", "detail": f"{keep} differs from dense by {err:.3g} (> 1e-5)"}
                 detail = f"{keep} = dense ({err:.1g}); "
             sparse = _spec(method_name, SPARSE[method_name], "min_tokens=0", off)
-            with accelerate(model, sparse) as handle:
+            with _installed(model, sparse) as handle:
                 out, _ = sample(model, inputs, model_name, handle)
             err = (out - reference).abs().max().item() / scale
             if not math.isfinite(err) or err == 0:
                 return {**row, "status": "failed", "detail": f"{sparse} {'is not finite' if err else 'changed nothing'}"}
             detail += f"{sparse} runs (max diff {err:.2g} of the latent's scale)"
         elif issubclass(cls, QuantMethod):
-            with accelerate(model, _spec(method_name, QUANT.get(method_name, ""))) as handle:
+            with _installed(model, _spec(method_name, QUANT.get(method_name, ""))) as handle:
                 out, _ = sample(model, inputs, model_name, handle)
                 computes = handle.model.quantization["computes"]
             err = ((out - reference).norm() / reference.norm()).item()
@@ -179,7 +191,7 @@ def check(model_name: str, method_name: str, folder: Path) -> dict:
         if not torch.equal(after, reference):
             return {**row, "status": "failed", "detail": "remove() did not restore the model exactly"}
         return {**row, "status": "ok", "detail": detail}
-    except ValueError as e:
+    except CannotApply as e:
         return {**row, "status": "cannot apply", "detail": str(e)}
     except Exception as e:                                # a failure is a row of the matrix, not the end of it
         where = traceback.extract_tb(e.__traceback__)[-1]
