@@ -11,6 +11,7 @@ parameters (paper defaults), registered under a name with :func:`register`. A re
     set_timestep(t)           before each sampler call of the model: the network timestep, a host number
     begin_branch(branch)      before each network call: "cond", "uncond" (separate CFG calls) or "cond+uncond"
                               (one batched call whose first half is conditional); "cond" also without guidance;
+                              "cond+uncond/cond" or "/uncond": this process's half of it (CFG parallelism);
                               "free" for video context guidance's extra call (nothing given, null label)
     detach(model)             restore the model exactly (``HookPoints.release``)
 

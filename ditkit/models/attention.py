@@ -8,8 +8,8 @@ touching model code. A backend is any callable ``fn(q, k, v, layout) -> out`` wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,16 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class TokenLayout:
     """How the N tokens of a sequence are arranged: ``text`` tokens (dual-stream models carry them through their
-    blocks; 0 otherwise), then frames x height x width image tokens (row-major, frames outermost)."""
+    blocks; 0 otherwise), then frames x height x width image tokens (row-major, frames outermost).
+
+    ``shard``: under sequence parallelism (:mod:`ditkit.parallel.sequence`), this process holds only a contiguous
+    part of the sequence; the shard says which, and runs attention across the processes. The sizes stay global."""
 
     frames: int
     height: int
     width: int
     text: int = 0
+    shard: Any = field(default=None, compare=False, repr=False)
 
     @property
     def num_tokens(self) -> int:
@@ -66,6 +70,7 @@ class HeadSplit:
     def __init__(self, groups: Sequence[tuple[Sequence[int], Backend | None]]):
         self.groups = [(torch.as_tensor(list(h), dtype=torch.long), fn) for h, fn in groups if len(h)]
         self._device_heads: dict = {}
+        self._subsets: dict = {}
         heads = torch.cat([h for h, _ in self.groups]).sort().values
         if not torch.equal(heads, torch.arange(len(heads))):
             raise ValueError(f"HeadSplit groups must cover heads 0..H-1 exactly once, got {heads.tolist()}")
@@ -79,6 +84,15 @@ class HeadSplit:
             sel = lambda t: t.index_select(1, heads)
             out[:, heads] = (fn or sdpa)(sel(q), sel(k), sel(v), layout)
         return out
+
+    def subset(self, start: int, stop: int) -> "HeadSplit":
+        """The backend of heads [start, stop) alone, renumbered from 0 (Ulysses gives each process a range of
+        heads); built once per range."""
+        key = (start, stop)
+        if key not in self._subsets:
+            groups = [([int(h) - start for h in heads if start <= h < stop], fn) for heads, fn in self.groups]
+            self._subsets[key] = HeadSplit(groups)
+        return self._subsets[key]
 
     def _on(self, heads: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The head indices on ``device``, copied once per device."""
@@ -120,7 +134,10 @@ class Attention(torch.nn.Module):
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None, rope=None) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x, rope)
-        out = sdpa(q, k, v) if self.backend is None else eager(self.backend)(q, k, v, layout)
+        if layout is not None and layout.shard is not None:       # this process holds a part of the sequence
+            out = layout.shard.attention(self.backend, q, k, v, layout)
+        else:
+            out = sdpa(q, k, v) if self.backend is None else eager(self.backend)(q, k, v, layout)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 

@@ -46,6 +46,17 @@ class Rotary:
             raise ValueError(f"RoPE bands {split} must be even and sum to the head dimension {head_dim}")
         self.cos, self.sin = _tables(tuple(grid), tuple(split), theta)
         self._copies = {(self.cos.device, self.cos.dtype): (self.cos, self.sin)}
+        self._parts: dict[tuple[int, int], Rotary] = {}
+
+    def part(self, start: int, stop: int) -> "Rotary":
+        """The embedding of tokens [start, stop) of the grid alone (the part of a sequence one process holds under
+        sequence parallelism); built once per range."""
+        if (start, stop) not in self._parts:
+            part = object.__new__(Rotary)
+            part.cos, part.sin = self.cos[start:stop], self.sin[start:stop]
+            part._copies, part._parts = {(part.cos.device, part.cos.dtype): (part.cos, part.sin)}, {}
+            self._parts[(start, stop)] = part
+        return self._parts[(start, stop)]
 
     def tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [N, d/2] on ``device`` in ``dtype`` (converted once, then cached)."""

@@ -182,13 +182,20 @@ class VideoDiT(nn.Module):
         'time' (per position, 1D RoPE over frames) or 'all' (3D RoPE)."""
         N, T, D = x.shape
         F, h, w = layout.shape
+        shard = layout.shard                 # sequence parallelism: x holds tokens [start, stop) of the F*h*w, whole frames
+        local = F if shard is None else T // (h * w)
         if axis == "space":
-            return attn(x.reshape(N * F, h * w, D), TokenLayout(1, h, w)).view(N, T, D)
+            return attn(x.reshape(N * local, h * w, D), TokenLayout(1, h, w)).view(N, T, D)
         if axis == "time":
-            seq = x.view(N, F, h * w, D).transpose(1, 2).reshape(N * h * w, F, D)
-            out = attn(seq, TokenLayout(F, 1, 1), self.rotary(attn.head_dim, (F, 1, 1), (attn.head_dim, 0, 0)))
-            return out.view(N, h * w, F, D).transpose(1, 2).reshape(N, T, D)
-        return attn(x, layout, self.rotary(attn.head_dim, layout.shape))
+            seq = x.view(N, local, h * w, D).transpose(1, 2).reshape(N * h * w, local, D)
+            rope = self.rotary(attn.head_dim, (F, 1, 1), (attn.head_dim, 0, 0))
+            frames = None if shard is None else shard.per(h * w)
+            if frames is not None:
+                rope = rope.part(frames.start, frames.stop)
+            out = attn(seq, TokenLayout(F, 1, 1, shard=frames), rope)
+            return out.view(N, h * w, local, D).transpose(1, 2).reshape(N, T, D)
+        rope = self.rotary(attn.head_dim, layout.shape)
+        return attn(x, layout, rope if shard is None else rope.part(shard.start, shard.stop))
 
     def run_stack(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""

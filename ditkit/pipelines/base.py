@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..acceleration.attention.base import AttentionMethod
 from ..acceleration.quant.export import build_quantized
 from ..acceleration.recipes import Recipe
 from ..core import checkpoint as ckpt
@@ -17,6 +18,9 @@ from ..models.dit import DiT, DiTConfig
 from ..models.interop.diffusers_trainable import FORMAT as DIFFUSERS_FORMAT
 from ..models.interop.diffusers_trainable import VIDEO_FORMAT as DIFFUSERS_VIDEO_FORMAT
 from ..models.video_dit import VideoDiT, VideoDiTConfig
+from ..parallel.cfg import CfgParallel
+from ..parallel.mesh import ParallelConfig, ParallelState, all_gather_rows
+from ..parallel.sequence import SequenceParallel, split
 
 ASSETS = Path(__file__).parent.parent / "assets"
 
@@ -108,18 +112,91 @@ class Pipeline:
         self.model, self.process, self.autoencoder = model, process, autoencoder
         self.metadata = metadata or {}
         self.recipe = Recipe()
+        self.parallel: ParallelState | None = None
+        self.sequence_parallel: SequenceParallel | None = None
 
     def set_recipe(self, recipe=None) -> "Pipeline":
         """Apply an acceleration recipe (string, dict, list or Recipe) to every later call; None removes it. The
         recipe's ``prepare`` (calibration on the float model's trajectories: quantization) generates with no recipe
-        applied."""
+        applied, and on each process alone (same inputs everywhere, so every process calibrates alike)."""
         self.recipe.detach(self.model)
         recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        self._check_parallel(recipe, self.parallel)
         self.recipe = Recipe()
-        recipe.prepare(self)
+        state = self._pause_parallel()
+        try:
+            recipe.prepare(self)
+        finally:
+            self._resume_parallel(state)
         recipe.attach(self.model)
         self.recipe = recipe
         return self
+
+    def set_parallel(self, config: ParallelConfig | None = None) -> "Pipeline":
+        """Run every later call on the processes of a torchrun job: ``ParallelConfig(ulysses_degree, ring_degree,
+        cfg_parallel)`` (the rest of the world size splits the samples); None: this process alone. Every process
+        returns the whole output."""
+        config = config if config is not None and (config.degree > 1 or torch.distributed.is_initialized()) else None
+        if config is None:
+            return self._resume_parallel(None)
+        state = ParallelState(config, self.device)
+        self._check_parallel(self.recipe, state)
+        return self._resume_parallel(state)
+
+    @staticmethod
+    def _check_parallel(recipe: Recipe, state: ParallelState | None) -> None:
+        if state is None or state.size("ring") == 1:
+            return
+        sparse = [m.name for m in recipe.methods if isinstance(m, AttentionMethod)]
+        if sparse:
+            raise ValueError(f"{', '.join(sparse)} need(s) every key of a query at once, which ring attention does "
+                             f"not give: use --ulysses-degree instead of --ring-degree with attention backends")
+
+    def _pause_parallel(self) -> ParallelState | None:
+        state = self.parallel
+        self._resume_parallel(None)
+        return state
+
+    def _resume_parallel(self, state: ParallelState | None) -> "Pipeline":
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.detach(self.model)
+            self.sequence_parallel = None
+        self.parallel = state
+        if state is not None and state.config.sequence_degree > 1:
+            self.sequence_parallel = SequenceParallel(state)
+            self.sequence_parallel.attach(self.model)
+        return self
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes outputs and shows progress (rank 0, or no parallelism)."""
+        return self.parallel is None or self.parallel.is_main
+
+    def sample_rows(self, num_samples: int) -> range:
+        """The samples this process generates: all, or its data-parallel share (contiguous; seeds stay seed + i)."""
+        if self.parallel is None or self.parallel.size("dp") == 1:
+            return range(num_samples)
+        if num_samples < self.parallel.size("dp"):
+            raise ValueError(f"{num_samples} sample(s) cannot be split over {self.parallel.size('dp')} data-parallel "
+                             f"process groups: generate at least {self.parallel.size('dp')}, or raise the parallel "
+                             f"degrees so their product is the world size")
+        sizes = split(num_samples, self.parallel.size("dp"))
+        start = sum(sizes[:self.parallel.index("dp")])
+        return range(start, start + sizes[self.parallel.index("dp")])
+
+    def gather_samples(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Every process's share (``sample_rows``) -> all ``num_samples`` outputs, on every process."""
+        if self.parallel is None or self.parallel.size("dp") == 1:
+            return x
+        sizes = split(num_samples, self.parallel.size("dp"))
+        return all_gather_rows(x.to(self.device), sizes, 0, self.parallel.group("dp")).to(x.device)
+
+    def guidance_split(self, model_fn):
+        """(network callable, branch callback) for a guided model: CFG-parallel halves, or as given."""
+        if self.parallel is None or not self.parallel.config.cfg_parallel:
+            return model_fn, self.recipe.begin_branch
+        split_fn = CfgParallel(model_fn, self.parallel, self.recipe.begin_branch)
+        return split_fn, split_fn.branch
 
     @property
     def device(self) -> torch.device:
@@ -145,7 +222,7 @@ class Pipeline:
 
         self.recipe.reset(num_sampling_steps)
         return sample(model_fn, noise.randn(*sample_shape), self.process, sampler, num_sampling_steps, noise, eta=eta,
-                      progress=progress, step_callback=self._step_callback(step_callback), clip_denoised=clip_denoised,
+                      progress=progress and self.is_main, step_callback=self._step_callback(step_callback), clip_denoised=clip_denoised,
                       timestep_callback=timestep)
 
     def _step_callback(self, user_callback):

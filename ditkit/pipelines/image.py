@@ -88,16 +88,18 @@ class DiTPipeline(Pipeline):
                              "classifier-free guidance: use cfg_scale=1")
         bs = batch_size or len(labels)
         C, (H, W) = self.model.in_channels, self.model.config.image_hw
+        rows = self.sample_rows(len(labels))
+        network, branch = self.guidance_split(self.model)
         outs = []
-        for start in range(0, len(labels), bs):
-            y = labels[start:start + bs].to(self.device)
+        for start in range(rows.start, rows.stop, bs):
+            y = labels[start:min(start + bs, rows.stop)].to(self.device)
             noise = NoiseSource(range(seed + start, seed + start + len(y)), self.device)
-            guided = GuidedModel(self.model, y, self.num_classes, cfg_scale, self.process, guide_channels,
-                                 guidance_interval, cfg_batched, self.recipe.begin_branch)
+            guided = GuidedModel(network, y, self.num_classes, cfg_scale, self.process, guide_channels,
+                                 guidance_interval, cfg_batched or network is not self.model, branch)
             x = self.denoise(guided, noise, (C, H, W), num_sampling_steps, sampler, eta, progress, step_callback,
                              self.autoencoder is None if clip_denoised is None else clip_denoised)
             outs.append(self.autoencoder.decode(x) if self.autoencoder is not None else x)
-        return torch.cat(outs).clamp(-1, 1)
+        return self.gather_samples(torch.cat(outs), len(labels)).clamp(-1, 1)
 
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:

@@ -131,17 +131,19 @@ class VideoPipeline(Pipeline):
             raise ValueError(f"context_scale={context_scale} guides towards given frames, but the mask gives nothing: "
                              f"use context_scale=1 or a task with given frames")
         bs = batch_size or N
+        rows = self.sample_rows(N)
         outs = []
-        for start in range(0, N, bs):
-            sl = slice(start, start + bs)
+        for start in range(rows.start, rows.stop, bs):
+            sl = slice(start, min(start + bs, rows.stop))
             ctx, m, y = context[sl].to(self.device), mask[sl].to(self.device), labels[sl].to(self.device)
 
             def bound(x, t, y_, ctx=ctx, m=m):          # CFG may double the batch
                 r = x.shape[0] // ctx.shape[0]
                 return self.model(x, t, y_, context=ctx.repeat(r, 1, 1, 1, 1), mask=m.repeat(r, 1, 1, 1, 1))
             noise = NoiseSource(range(seed + start, seed + start + len(ctx)), self.device)
-            guided = GuidedModel(bound, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
-                                 branch_callback=self.recipe.begin_branch)
+            network, branch = self.guidance_split(bound)
+            guided = GuidedModel(network, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
+                                 branch_callback=branch)
             if context_scale != 1.0:
                 free_y = torch.full((len(y),), null, dtype=torch.long, device=y.device)   # nothing given: no mask
                 free = lambda x, t, free_y=free_y: self.model(x, t, free_y)
@@ -149,7 +151,7 @@ class VideoPipeline(Pipeline):
             x = self.denoise(guided, noise, (C, F, H, W), num_sampling_steps, sampler or self.default_sampler, eta,
                              progress, step_callback)
             outs.append(torch.where(m.bool(), x.clamp(-1, 1), ctx).cpu())
-        return torch.cat(outs)
+        return self.gather_samples(torch.cat(outs), N)
 
     def extend(self, video: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None,
                overlap: int | None = None, seed: int = 0, **kwargs) -> torch.Tensor:

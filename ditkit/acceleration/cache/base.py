@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,17 +32,25 @@ from ...models.stack import Branch, check_stack, run_blocks
 
 BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond"),
                "uncond+cond": ("uncond", "cond"),                # diffusers pipelines' batched CFG
+               "cond+uncond/cond": ("cond",), "cond+uncond/uncond": ("uncond",),   # one half per CFG-parallel process
                "free": ("free",)}                       # video context guidance's nothing-given call
 
 
-def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample relative L1 change mean|a - b| / mean|b| over all but the first dim: [N, ...] x2 -> [N]."""
+def rel_l1(a: torch.Tensor, b: torch.Tensor, shard=None) -> torch.Tensor:
+    """Per-sample relative L1 change mean|a - b| / mean|b| over all but the first dim: [N, ...] x2 -> [N]. Under
+    sequence parallelism (``shard``: this process holds a part of the tokens) the sums cover every process's part,
+    so all processes decide alike."""
+    if shard is not None:
+        return shard.token_sum((a - b).abs()) / shard.token_sum(b.abs()).clamp_min(1e-12)
     return (a - b).abs().flatten(1).mean(1) / b.abs().flatten(1).mean(1).clamp_min(1e-12)
 
 
 @dataclasses.dataclass
 class CachingMethod(Method):
-    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``."""
+    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``.
+    ``sequence_parallel``: whether the method runs when each process holds a part of the tokens."""
+
+    sequence_parallel: ClassVar[bool] = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,6 +96,10 @@ class CachingMethod(Method):
         per = tokens.shape[0] // len(names)
         self.row_branch = [n for n in names for _ in range(per)]
         self.layout = self.model.token_layout(tokens.shape[1])
+        if self.layout.shard is not None and not self.sequence_parallel:
+            raise ValueError(f"{self.name} does not run under sequence parallelism yet (it selects tokens by "
+                             f"attention scores over the whole sequence): use another caching method, or run "
+                             f"without --ulysses-degree / --ring-degree")
         key = (self.branch, tuple(tokens.shape), self.num_steps)
         if key not in self.states:
             self.states[key] = self.new_state()

@@ -32,6 +32,6 @@ class FirstBlockCache(CachingMethod):
             compute = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
             state.first = r
         else:
-            compute = rel_l1(r, state.first) >= self.threshold
+            compute = rel_l1(r, state.first, self.layout.shard) >= self.threshold
             state.first = torch.where(compute.view(-1, *[1] * (r.dim() - 1)), r, state.first)
         return self.run_rows(state, h1, c, compute, start=1)

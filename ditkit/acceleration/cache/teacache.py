@@ -65,7 +65,7 @@ class TeaCache(CachingMethod):
             compute = torch.ones(n, dtype=torch.bool, device=tokens.device)
             acc = torch.zeros(n, device=tokens.device)
         else:
-            acc = state.acc + polyval(self.poly, rel_l1(u, state.prev).float())
+            acc = state.acc + polyval(self.poly, rel_l1(u, state.prev, self.layout.shard).float())
             compute = acc >= self.threshold
         state.prev, state.acc = u, torch.where(compute, 0.0, acc)
         return self.run_rows(state, tokens, c, compute)
