@@ -16,7 +16,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ditkit"
 
-LAYERS = ["core", "data", "models", "diffusion", "hooks", "acceleration", "adapters", "pipelines", "training", "evaluation",
+LAYERS = ["core", "data", "models", "diffusion", "hooks", "parallel", "acceleration", "adapters", "pipelines", "training", "evaluation",
           "bench", "cli"]
 FACADE = "ditkit"                                    # the top-level __init__: above every layer
 OPTIONAL = {"diffusers", "cache_dit", "transformers", "matplotlib", "av", "skimage", "sklearn", "mlxtend"}

@@ -15,6 +15,7 @@ from importlib.metadata import version
 import torch
 
 from ..core.devices import resolve_device
+from ..parallel.mesh import distributed_env
 from . import bench, bench_attention, calibrate, distill_linear
 from . import eval as evaluate
 from . import generate, generate_video, quantize, support_matrix, train
@@ -66,7 +67,9 @@ def main(argv=None):
             resolve_device(args.device)
         args.fn(args)
     except USER_ERRORS as e:
-        print(f"ditkit {args.command}: error: {e}", file=sys.stderr)
+        env = distributed_env()                     # under torchrun, say which process failed (the others stop)
+        where = f" (process {env[0]} of {env[1]})" if env is not None and env[1] > 1 else ""
+        print(f"ditkit {args.command}{where}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         print(f"ditkit {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

@@ -11,6 +11,7 @@ from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_
 from ..diffusion.masks import TASKS
 from ..diffusion.samplers import SAMPLERS
 from ..models.dit import DIT_CONFIGS
+from ..parallel.mesh import ParallelConfig, distributed_env, process_device
 from ..pipelines.base import is_video_model
 from ..pipelines.image import DiTPipeline
 
@@ -89,6 +90,37 @@ def add_sampling_args(p, default_steps: int = 50, default_cfg: float = 4.0, defa
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_arg(p, threads)
+
+
+def add_parallel_args(p):
+    """xDiT's multi-process flags (kebab-case); the job is launched with ``torchrun --nproc_per_node N``."""
+    g = p.add_argument_group("multi-process inference (launch with torchrun --nproc_per_node N -m ditkit.cli ...)")
+    g.add_argument("--ulysses-degree", type=positive_int, default=1,
+                   help="processes splitting the sequence with Ulysses all-to-all attention (default 1)")
+    g.add_argument("--ring-degree", type=positive_int, default=1,
+                   help="processes splitting the sequence with ring attention (default 1)")
+    g.add_argument("--cfg-parallel", action="store_true",
+                   help="conditional and unconditional guidance branches on two processes")
+
+
+def parallel_config(args) -> ParallelConfig | None:
+    """The multi-process layout of the flags, checked against torchrun's world size before any work (None: one
+    process); a CUDA ``--device`` becomes this process's own GPU."""
+    config = ParallelConfig(args.ulysses_degree, args.ring_degree, args.cfg_parallel)
+    env = distributed_env()
+    if env is None:
+        if config.degree > 1:
+            raise ValueError(f"--ulysses-degree / --ring-degree / --cfg-parallel need {config.degree} processes: "
+                             f"launch with torchrun --nproc_per_node {config.degree} -m ditkit.cli {args.command} ...")
+        return None
+    config.data_degree(env[1])
+    args.device = process_device(args.device)
+    return config
+
+
+def parallel_note(pipe) -> str:
+    """', 4 processes: ulysses 2 x ring 2' for a message, '' on one process."""
+    return "" if pipe.parallel is None else f", {pipe.parallel.describe()}"
 
 
 def add_threads_arg(p, default: int = 0):

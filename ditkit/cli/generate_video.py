@@ -22,7 +22,8 @@ from ..diffusion.masks import TASKS
 from ..evaluation.video import heldout_clip
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline, video_condition
-from .flags import add_context_scale_arg, add_sampling_args, nonnegative_int, positive_int
+from .flags import (add_context_scale_arg, add_parallel_args, add_sampling_args, nonnegative_int, parallel_config,
+                    parallel_note, positive_int)
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".png")
 
@@ -80,7 +81,8 @@ def check_args(args) -> None:
 
 def run(args):
     check_args(args)
-    pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
+    parallel = parallel_config(args)
+    pipe = VideoPipeline.from_pretrained(args.model, args.device).set_parallel(parallel).set_recipe(args.recipe)
     F = args.num_frames or pipe.num_frames
     if F < 2:
         raise ValueError(f"--num-frames must be at least 2, got {F}")
@@ -106,11 +108,13 @@ def run(args):
     if F > window:
         video = pipe.extend(video, F, labels, seed=args.seed, **kwargs)
         mask = torch.cat([mask, torch.ones(F - window, *mask.shape[1:])])
+    if not pipe.is_main:                        # every process holds the video; the first one writes it
+        return
     paths = save_video(video[0], args.out, mask, args.fps, args.upscale)
     given = [f for f in range(F) if not mask[f].any()]
     print(f"wrote {', '.join(map(str, paths))} ({args.task}: {F} frames, given frames {given or 'none'}, "
           f"{args.num_sampling_steps} {args.sampler or pipe.default_sampler} steps"
-          + (f", recipe {pipe.recipe}" if pipe.recipe else "") + f") in {time.time() - t0:.1f} s")
+          + (f", recipe {pipe.recipe}" if pipe.recipe else "") + f"{parallel_note(pipe)}) in {time.time() - t0:.1f} s")
 
 
 def register(sub):
@@ -141,4 +145,5 @@ def register(sub):
     g.add_argument("--recipe", help="acceleration recipe, e.g. teacache:threshold=0.1, fora:interval=3+w8a8 or "
                                     "taylorseer+topk (a .yaml file works too)")
     g.add_argument("--upscale", type=positive_int, default=4, help="nearest-neighbour upscaling of the written frames")
+    add_parallel_args(g)
     g.set_defaults(fn=run)

@@ -68,12 +68,19 @@ def distributed_env() -> tuple[int, int] | None:
     return None
 
 
+def process_device(name: str) -> str:
+    """Under torchrun, a CUDA device name without an index -> this process's GPU (``cuda:LOCAL_RANK``)."""
+    if str(name).strip().lower() in ("cuda", "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return name
+
+
 def init_process_group(device: torch.device) -> None:
     """Join the torchrun job (gloo on CPU, nccl on CUDA, this process's LOCAL_RANK device); no-op if joined."""
     if dist.is_initialized():
         return
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device if device.index is not None else int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
@@ -121,6 +128,11 @@ class ParallelState:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def describe(self) -> str:
+        """'4 processes: ulysses 2 x ring 2' (the dims of size > 1)."""
+        dims = " x ".join(f"{'data' if d == 'dp' else d} {self.sizes[d]}" for d in DIMS if self.sizes[d] > 1)
+        return f"{self.world_size} processes" + (f": {dims}" if dims else "")
 
     def barrier(self) -> None:
         dist.barrier()
