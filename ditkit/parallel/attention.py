@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..models.attention import HeadSplit, sdpa
-from .mesh import all_gather_rows
+from .mesh import all_gather_rows, traffic
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +63,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: lis
             incoming = kv.new_empty(2, *kv.shape[1:3], sizes[(index - step - 1) % R], kv.shape[-1])
             pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, send_to, group),
                                               dist.P2POp(dist.irecv, incoming, recv_from, group)])
+            traffic.add(kv, 1)
         part, part_lse = attention_with_lse(q, kv[0], kv[1])
         out, lse = (part.float(), part_lse) if out is None else merge(out, lse, part, part_lse)
         if pending is not None:
@@ -83,6 +84,9 @@ def all_to_all(parts: list[torch.Tensor], receive: list[tuple[int, ...]], group)
     counts = [math.prod(s) for s in receive]
     out = send.new_empty(sum(counts))
     dist.all_to_all_single(out, send, counts, [p.numel() for p in parts], group=group)
+    for j, p in enumerate(parts):
+        if j != dist.get_rank(group):                        # its own part stays
+            traffic.add(p, 1)
     return [chunk.view(s) for chunk, s in zip(out.split(counts), receive)]
 
 

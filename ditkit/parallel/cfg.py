@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .mesh import ParallelState
+from .mesh import ParallelState, traffic
 
 HALVES = ("cond", "uncond")
 
@@ -36,4 +36,5 @@ class CfgParallel:
         out = self.model_fn(x[rows], t[rows], y[rows]).contiguous()
         parts = [torch.empty_like(out) for _ in HALVES]
         dist.all_gather(parts, out, group=self.state.group("cfg"))
+        traffic.add(out, 1)
         return torch.cat(parts)

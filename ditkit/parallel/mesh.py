@@ -18,6 +18,23 @@ from torch.distributed.device_mesh import init_device_mesh
 DIMS = ("dp", "cfg", "ring", "ulysses")
 
 
+class Traffic:
+    """Bytes this process sent to other processes through this package's collectives (``sent``; ``reset()``
+    between measurements), as ``ditkit bench-parallel`` reports them against the theoretical volume."""
+
+    def __init__(self):
+        self.sent = 0
+
+    def add(self, tensor: torch.Tensor, receivers: int) -> None:
+        self.sent += tensor.numel() * tensor.element_size() * receivers
+
+    def reset(self) -> None:
+        self.sent = 0
+
+
+traffic = Traffic()
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     ulysses_degree: int = 1
@@ -147,4 +164,5 @@ def all_gather_rows(x: torch.Tensor, sizes: list[int], dim: int, group) -> torch
         x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x.contiguous(), group=group)
+    traffic.add(x, len(sizes) - 1)
     return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)

@@ -27,7 +27,7 @@ from ..hooks.points import HookPoints
 from ..models.attention import LinearAttention
 from ..models.stack import check_stack
 from .attention import sequence_attention
-from .mesh import ParallelState, all_gather_rows
+from .mesh import ParallelState, all_gather_rows, traffic
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -89,6 +89,7 @@ class SequenceShard:
         """Per-sample sum over every token of the sequence: x [N, n_i, ...] (this part) -> [N]."""
         total = x.flatten(1).sum(1)
         dist.all_reduce(total, group=self.state.sequence_group)
+        traffic.add(total, len(self.sizes) - 1)
         return total
 
     def token_mean(self, x: torch.Tensor) -> torch.Tensor:
