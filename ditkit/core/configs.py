@@ -118,6 +118,8 @@ class TrainSection:
     device: str = "auto"             # auto | cpu | cuda | cuda:1 ...
     num_threads: int = 0             # CPU threads for torch; 0 = leave torch's default
     keep_checkpoints: int = 3        # keep the latest K checkpoint folders; 0 = keep all
+    parallel: str = "ddp"            # ddp (replicated weights) | fsdp (FSDP2 sharding, DCP sharded checkpoints)
+    activation_checkpointing: bool = False   # recompute each block's activations in backward (less memory)
 
     def validate(self, where: str = "train") -> None:
         for key in ("steps", "global_batch_size", "log_every", "ckpt_every"):
@@ -132,6 +134,8 @@ class TrainSection:
             _check(_number(self.decay_start) and self.decay_start >= 0, f"{where}.decay_start", self.decay_start,
                    ">= 0 (at or past train.steps the LR never decays)", "or null for a constant LR")
         _check(bool(str(self.results_dir).strip()), f"{where}.results_dir", self.results_dir, "a folder path")
+        _check(self.parallel in ("ddp", "fsdp"), f"{where}.parallel", self.parallel, "ddp or fsdp",
+               "ddp replicates the weights on every process, fsdp shards them (FSDP2)")
         resolve_device(self.device, flag=f"{where}.device")
 
 

@@ -1,6 +1,6 @@
 """``ditkit train``: AdamW, warm-up then constant LR (optionally linear decay to 0), gradient clipping, EMA, optional
-bf16 autocast, JSONL log, atomic checkpoints with exact resume, and data parallel under ``torchrun`` (DDP; gloo on
-CPU, nccl on GPU).
+bf16 autocast, JSONL log, atomic checkpoints with exact resume, and under ``torchrun`` data parallel (DDP) or FSDP2
+sharding with sharded DCP checkpoints (``train.parallel``, :mod:`ditkit.training.parallel`; gloo on CPU, nccl on GPU).
 
 Randomness is a pure function of (seed, step): each step draws its batch indices, noise, timesteps and label-drop
 mask for the *global* batch from a generator seeded with (seed, step), and each rank takes its slice. So a run gives
@@ -34,6 +34,8 @@ from ..data.images import load_image_data
 from ..models.dit import dit_config
 from ..models.interop.autoencoder import Autoencoder, check_autoencoder_folder
 from ..pipelines.build import build_model, build_process
+from .parallel import (ActivationCheckpointing, TrainingGroup, full_state_dict, fully_shard_model, grad_norm_value,
+                       is_sharded, load_sharded_checkpoint, load_single_file_into_sharded, save_sharded_checkpoint)
 
 # What a finished or started run leaves in its results folder (``--overwrite`` removes these)
 RUN_FILES = ("checkpoints", "metrics.jsonl", "model.safetensors", "config.yaml")
@@ -149,11 +151,13 @@ def training_memory(model, local_batch: int) -> tuple[int, int]:
     return 5 * 4 * sum(p.numel() for p in model.parameters()), local_batch * per_sample
 
 
-def check_memory(model, local_batch: int, device: torch.device) -> None:
-    """Refuse ``train.global_batch_size`` when the step's estimated memory (:func:`training_memory`) exceeds what
-    ``device`` has free, naming the estimate and the largest batch that fits."""
+def check_memory(model, local_batch: int, device: torch.device, shards: int = 1) -> None:
+    """Refuse ``train.global_batch_size`` when the step's estimated memory (:func:`training_memory`, the weights
+    divided over ``shards`` processes under FSDP) exceeds what ``device`` has free, naming the estimate and the
+    largest batch that fits."""
     free = available_memory(device)
     static, activations = training_memory(model, local_batch)
+    static //= shards
     if free is None or static + activations <= free:
         return
     per_sample = activations / local_batch
@@ -185,6 +189,8 @@ def check_checkpoint(path: Path) -> int:
         raise _unreadable(path, path / "state.pt", e) from None
     if bad is not None:
         raise _unreadable(path, path / "state.pt", f"bad CRC in {bad}")
+    if is_sharded(path) and not (path / "sharded" / ".metadata").is_file():
+        raise _unreadable(path, path / "sharded" / ".metadata", "missing")
     meta = {}
     for name in ("model.safetensors", "ema.safetensors"):
         try:
@@ -238,33 +244,50 @@ def model_metadata(cfg: TrainConfig, model, step: int, extra: dict | None = None
             **(extra or {})}
 
 
+def write_checkpoint_files(folder: Path, cfg, model, model_state: dict, ema_state: dict, sched, step: int,
+                           optimizer_state: dict | None = None) -> None:
+    """model.safetensors, ema.safetensors and state.pt (weights_only-loadable: step, LR schedule, RNG, config, and
+    the optimizer unless it is in the sharded part) into ``folder``."""
+    meta = model_metadata(cfg, model, step)
+    ckpt.save_weights(folder / "model.safetensors", model_state, meta)
+    ckpt.save_weights(folder / "ema.safetensors", ema_state, meta)
+    state = {"step": step, "scheduler": sched.state_dict(),
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+                     "python": list(random.getstate()[1])},
+             "config_yaml": yaml.safe_dump(to_dict(cfg))}
+    if optimizer_state is not None:
+        state["optimizer"] = optimizer_state
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, folder / "state.pt")
+
+
 def save_training_checkpoint(path: Path, cfg, model, ema, opt, sched, step: int):
-    """A checkpoint folder written atomically: model.safetensors, ema.safetensors, state.pt (weights_only-loadable)."""
+    """A single-file checkpoint folder written atomically: model.safetensors, ema.safetensors, state.pt."""
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    meta = model_metadata(cfg, model, step)
-    ckpt.save_weights(tmp / "model.safetensors", model.state_dict(), meta)
-    ckpt.save_weights(tmp / "ema.safetensors", ema.model.state_dict(), meta)
-    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-                     "python": list(random.getstate()[1])},
-             "config_yaml": yaml.safe_dump(to_dict(cfg))}
-    if torch.cuda.is_available():
-        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(state, tmp / "state.pt")
+    write_checkpoint_files(tmp, cfg, model, model.state_dict(), ema.model.state_dict(), sched, step, opt.state_dict())
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
 
 
-def load_training_checkpoint(path: Path, model, ema, opt, sched) -> int:
-    """Load a checkpoint folder (checked first with :func:`check_checkpoint`) into the training state; its step."""
-    ckpt.load_state_dict_strict(model, ckpt.load_weights(path / "model.safetensors"), str(path / "model.safetensors"))
-    ckpt.load_state_dict_strict(ema.model, ckpt.load_weights(path / "ema.safetensors"), str(path / "ema.safetensors"))
+def load_training_checkpoint(path: Path, model, ema, opt, sched, sharded_model: bool = False) -> int:
+    """Load a checkpoint folder (checked first with :func:`check_checkpoint`), single-file or sharded, into the
+    training state (plain or FSDP-sharded modules, ``sharded_model``); its step."""
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    opt.load_state_dict(state["optimizer"])
+    if is_sharded(path):
+        load_sharded_checkpoint(path, model, ema, opt)
+    elif sharded_model:
+        load_single_file_into_sharded(path, model, ema, opt, state["optimizer"])
+    else:
+        ckpt.load_state_dict_strict(model, ckpt.load_weights(path / "model.safetensors"),
+                                    str(path / "model.safetensors"))
+        ckpt.load_state_dict_strict(ema.model, ckpt.load_weights(path / "ema.safetensors"),
+                                    str(path / "ema.safetensors"))
+        opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     np_state = np.random.get_state()
@@ -274,16 +297,6 @@ def load_training_checkpoint(path: Path, model, ema, opt, sched) -> int:
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return int(state["step"])
-
-
-def _setup_distributed(device: torch.device):
-    if "RANK" not in os.environ or dist.is_initialized():
-        return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return dist.get_rank(), dist.get_world_size()
 
 
 def prepare_training(cfg, resume: str | None, overwrite: bool, dit_name: str) -> Path | None:
@@ -321,7 +334,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     t_cfg = cfg.train
     resume_path = prepare_training(cfg, resume, overwrite, cfg.model.name)
     device = resolve_device(t_cfg.device, flag="train.device")
-    rank, world = _setup_distributed(device)
+    group = TrainingGroup(device, t_cfg.parallel)
+    rank, world = group.rank, group.world
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if t_cfg.global_batch_size % world:
@@ -360,34 +374,51 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         drop = (torch.rand(B, generator=g) < cfg.model.class_dropout_prob)[lo:lo + local_batch].to(device)
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop})
 
-    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps, overwrite)
+    return run_training(cfg, model, losses, device, group, resume_path, progress, max_steps, overwrite)
 
 
-def run_training(cfg, model, losses, device: torch.device, rank: int, world: int, resume: Path | None,
+def run_training(cfg, model, losses, device: torch.device, group: TrainingGroup, resume: Path | None,
                  progress: bool | None, max_steps: int | None, overwrite: bool = False) -> Path:
     """The optimisation loop shared by the image and video trainers: AdamW + LR schedule, EMA, resume (from the
     checkpoint folder ``resume``, see :func:`prepare_training`), DDP, JSONL log, progress, checkpoints and the
-    exported EMA model. ``losses(train_model, step, g)`` builds this rank's part of the global batch of ``step`` from
+    exported EMA model, in the processes of ``group``. ``losses(train_model, step, g)`` builds this rank's part of the global batch of ``step`` from
     the (seed, step) generator ``g`` and returns the loss terms (``loss`` per sample). ``overwrite`` deletes an
     earlier run in the results folder once the batch is known to fit (:func:`check_memory`)."""
+    try:
+        return _optimise(cfg, model, losses, device, group, resume, progress, max_steps, overwrite)
+    finally:
+        group.release()
+
+
+def _optimise(cfg, model, losses, device, group: TrainingGroup, resume, progress, max_steps, overwrite) -> Path:
     t_cfg = cfg.train
+    rank, world = group.rank, group.world
     results = Path(t_cfg.results_dir)
-    check_memory(model, t_cfg.global_batch_size // world, device)
+    fsdp = t_cfg.parallel == "fsdp"
+    if fsdp and hasattr(model, "save_diffusers"):
+        raise ValueError("train.parallel=fsdp shards ditkit models (DiT, VideoDiT); train a diffusers class with "
+                         "train.parallel=ddp")
+    check_memory(model, t_cfg.global_batch_size // world, device, world if fsdp else 1)
     if overwrite and rank == 0:
         clear_run(results)
     ema = EMA(model, t_cfg.ema_decay)
+    if t_cfg.activation_checkpointing:
+        ActivationCheckpointing().attach(model)
+    if fsdp:
+        fully_shard_model(model, device, t_cfg.bf16)
+        fully_shard_model(ema.model, device, t_cfg.bf16)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t_cfg.lr,
                             weight_decay=t_cfg.weight_decay, betas=(0.9, 0.999))
     sched = make_lr_schedule(opt, t_cfg)
 
     step = 0
     if resume is not None:
-        step = load_training_checkpoint(resume, model, ema, opt, sched)
+        step = load_training_checkpoint(resume, model, ema, opt, sched, sharded_model=fsdp)
         apply_configured_lr(opt, sched, t_cfg)
         if rank == 0:
             print(f"resumed from {resume} at step {step}")
     train_model = model
-    if world > 1:
+    if world > 1 and not fsdp:
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if rank == 0:
@@ -403,7 +434,7 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
     try:
         while step < end:
             g = torch.Generator().manual_seed(t_cfg.seed * 1_000_003 + step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16 and not fsdp):
                 terms = losses(train_model, step, g)
                 loss = terms["loss"].float().mean()
             opt.zero_grad(set_to_none=True)
@@ -420,7 +451,7 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
                        "lr": sched.get_last_lr()[0], "steps_per_sec": (step - s_last) / max(now - t_last, 1e-9),
                        "elapsed_sec": now - t0}
                 if grad_norm is not None:
-                    rec["grad_norm"] = float(grad_norm)
+                    rec["grad_norm"] = grad_norm_value(grad_norm)
                 if "vb" in terms:
                     rec["vb"] = terms["vb"].float().mean().item()
                 log.write(json.dumps(rec) + "\n")
@@ -428,9 +459,15 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 t_last, s_last = now, step
             bar.update(1)
-            if rank == 0 and (step % t_cfg.ckpt_every == 0 or step == end):
-                save_training_checkpoint(checkpoint_dir(results) / f"{step:07d}", cfg, model, ema, opt, sched, step)
-                prune_checkpoints(results, t_cfg.keep_checkpoints)
+            if step % t_cfg.ckpt_every == 0 or step == end:
+                path = checkpoint_dir(results) / f"{step:07d}"
+                if fsdp:
+                    save_sharded_checkpoint(path, model, ema, opt, lambda folder, full, full_ema: write_checkpoint_files(
+                        folder, cfg, model, full, full_ema, sched, step))
+                elif rank == 0:
+                    save_training_checkpoint(path, cfg, model, ema, opt, sched, step)
+                if rank == 0:
+                    prune_checkpoints(results, t_cfg.keep_checkpoints)
             if world > 1 and step % t_cfg.ckpt_every == 0:
                 dist.barrier()
     except KeyboardInterrupt:
@@ -444,8 +481,9 @@ def run_training(cfg, model, losses, device: torch.device, rank: int, world: int
         if log is not None:
             log.close()
     out = results / "model.safetensors"
+    ema_state = full_state_dict(ema.model) if fsdp else ema.model.state_dict()
     if rank == 0:
-        ckpt.save_weights(out, ema.model.state_dict(),
+        ckpt.save_weights(out, ema_state,
                           model_metadata(cfg, model, step, {"weights": "ema", "train_seconds_this_run": time.time() - t0}))
         if hasattr(ema.model, "save_diffusers"):             # a diffusers class: also its own folder layout
             ema.model.save_diffusers(results / "diffusers", to_dict(cfg.diffusion))

@@ -20,7 +20,8 @@ from ..models.interop.diffusers_trainable import build_diffusers_video_model
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from ..pipelines.build import build_process
 from ..pipelines.image import load_dit
-from .trainer import _setup_distributed, batch_indices, prepare_training, run_training
+from .parallel import TrainingGroup
+from .trainer import batch_indices, prepare_training, run_training
 
 
 def load_video_data(section: VideoDataSection, split: str = "train", seed: int = 0):
@@ -61,7 +62,8 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     t_cfg, m_cfg = cfg.train, cfg.model
     resume_path = prepare_training(cfg, resume, overwrite, m_cfg.name.replace("VideoDiT-", "DiT-", 1))
     device = resolve_device(t_cfg.device, flag="train.device")
-    rank, world = _setup_distributed(device)
+    group = TrainingGroup(device, t_cfg.parallel)
+    rank, world = group.rank, group.world
     if t_cfg.global_batch_size % world:
         raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
     local_batch, B = t_cfg.global_batch_size // world, t_cfg.global_batch_size
@@ -91,4 +93,4 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,
                                                                   "mask": mask}, loss_mask=mask.expand_as(x))
 
-    return run_training(cfg, model, losses, device, rank, world, resume_path, progress, max_steps, overwrite)
+    return run_training(cfg, model, losses, device, group, resume_path, progress, max_steps, overwrite)
