@@ -17,7 +17,7 @@ from ditkit import cli
 from ditkit.acceleration.cache.base import rel_l1
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.models.attention import TokenLayout
-from ditkit.parallel.mesh import ParallelConfig
+from ditkit.parallel.mesh import ParallelConfig, traffic
 from ditkit.pipelines.image import DiTPipeline
 from ditkit.pipelines.video import VideoPipeline
 
@@ -46,13 +46,19 @@ def generate(case: dict) -> torch.Tensor:
                 context_scale=case.get("context_scale", 1.0), seed=0)
 
 
-def generate_all(rank: int, world_size: int, cases: list[dict]) -> list[torch.Tensor]:
-    return [generate(case) for case in cases]
+def generate_all(rank: int, world_size: int, cases: list[dict]) -> list[tuple[torch.Tensor, int]]:
+    """Each case's output and the bytes this process sent for it."""
+    out = []
+    for case in cases:
+        traffic.reset()
+        out.append((generate(case), traffic.sent))
+    return out
 
 
 def check(cases: list[dict], world_size: int, atol: float = 1e-5) -> None:
     outs = run(generate_all, world_size, cases)
-    for case, out in zip(cases, outs):
+    for case, (out, sent) in zip(cases, outs):
+        assert sent > 0, case                                   # the processes really shared the work
         reference = generate({k: v for k, v in case.items() if k != "parallel"})
         assert out.shape == reference.shape, case
         err = float((out - reference).abs().max())

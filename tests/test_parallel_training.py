@@ -10,6 +10,7 @@ from distributed import run
 from test_training import tiny_cfg
 
 from ditkit.core.checkpoint import load_weights
+from ditkit.parallel.mesh import traffic
 from ditkit.training import parallel as training_parallel
 from ditkit.training.trainer import latest_checkpoint, train
 
@@ -91,3 +92,33 @@ def test_activation_checkpointing_and_fsdp_bf16_train(tmp_path, uninterrupted):
     mixed = train(tiny_cfg(tmp_path / "bf16", *FSDP, "train.bf16=true"), progress=False)
     assert 0 < max_diff(mixed, uninterrupted) < 0.05                # bf16 gathers: close, not equal
     assert torch.load(tmp_path / "bf16/checkpoints/0000004/state.pt", weights_only=True)["step"] == 4
+
+
+VIDEO = ["model.name=VideoDiT-T/8", "model.input_size=16", "model.num_frames=4", "data.image_size=16",
+         "data.num_frames=4", "data.digit_size=12", "train.global_batch_size=4", "train.warmup_steps=1",
+         "train.log_every=1", "train.ckpt_every=2", "train.num_threads=1", "train.steps=3", "model.layout=full3d"]
+
+
+def train_any(rank: int, world_size: int, kind: str, results: str, extra: list[str]) -> int:
+    """Trains; returns the bytes this process sent through sequence parallelism."""
+    traffic.reset()
+    if kind == "image":
+        train(tiny_cfg(results, *extra), progress=False)
+    else:
+        from ditkit.core.config import load_config
+        from ditkit.core.configs import VideoTrainConfig
+        from ditkit.training.video import train_video
+        train_video(load_config(VideoTrainConfig, None, VIDEO + [f"train.results_dir={results}", *extra]),
+                    progress=False)
+    return traffic.sent
+
+
+@pytest.mark.parametrize("kind,extra", [("image", ["train.parallel=fsdp"]), ("video", ["train.parallel=ddp"])])
+def test_ulysses_training_equals_one_process(tmp_path, kind, extra):
+    """Ulysses 2 (x FSDP on the image DiT, x DDP on a full-3D video DiT, 4 processes = 2 data x 2 sequence) trains
+    the weights of one process on the whole batch."""
+    steps = ["train.steps=3"]
+    train_any(0, 1, kind, str(tmp_path / "one"), steps)
+    world = 2 if kind == "image" else 4
+    assert run(train_any, world, kind, str(tmp_path / "sp"), steps + extra + ["train.ulysses_degree=2"]) > 0
+    assert max_diff(tmp_path / "sp/model.safetensors", tmp_path / "one/model.safetensors") < 1e-5

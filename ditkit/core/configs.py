@@ -120,9 +120,10 @@ class TrainSection:
     keep_checkpoints: int = 3        # keep the latest K checkpoint folders; 0 = keep all
     parallel: str = "ddp"            # ddp (replicated weights) | fsdp (FSDP2 sharding, DCP sharded checkpoints)
     activation_checkpointing: bool = False   # recompute each block's activations in backward (less memory)
+    ulysses_degree: int = 1          # processes splitting each sample's tokens (Ulysses); the rest split the batch
 
     def validate(self, where: str = "train") -> None:
-        for key in ("steps", "global_batch_size", "log_every", "ckpt_every"):
+        for key in ("steps", "global_batch_size", "log_every", "ckpt_every", "ulysses_degree"):
             _at_least(self, key, 1, where)
         for key in ("warmup_steps", "weight_decay", "grad_clip", "num_threads", "keep_checkpoints", "seed"):
             _at_least(self, key, 0, where)

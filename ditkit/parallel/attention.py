@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as differentiable
 
 from ..models.attention import HeadSplit, sdpa
 from .mesh import all_gather_rows, traffic
@@ -79,11 +80,16 @@ def head_backend(backend, start: int, stop: int):
 
 
 def all_to_all(parts: list[torch.Tensor], receive: list[tuple[int, ...]], group) -> list[torch.Tensor]:
-    """Send ``parts[j]`` to process j of ``group``; returns the tensors received, of shapes ``receive``."""
+    """Send ``parts[j]`` to process j of ``group``; returns the tensors received, of shapes ``receive``
+    (differentiable when the parts require grad)."""
     send = torch.cat([p.reshape(-1) for p in parts])
     counts = [math.prod(s) for s in receive]
-    out = send.new_empty(sum(counts))
-    dist.all_to_all_single(out, send, counts, [p.numel() for p in parts], group=group)
+    if send.requires_grad:                                 # training: the backward pass is the reverse all-to-all
+        out = differentiable.all_to_all_single_autograd(send, counts, [p.numel() for p in parts], group)
+        out = differentiable.wait_tensor(out)
+    else:
+        out = send.new_empty(sum(counts))
+        dist.all_to_all_single(out, send, counts, [p.numel() for p in parts], group=group)
     for j, p in enumerate(parts):
         if j != dist.get_rank(group):                        # its own part stays
             traffic.add(p, 1)
@@ -98,6 +104,9 @@ def sequence_attention(shard, backend, q: torch.Tensor, k: torch.Tensor, v: torc
     u, r = shard.ulysses_index, shard.ring_index
     whole = layout.__class__(layout.frames, layout.height, layout.width, layout.text)
     dense = backend is None
+    if R > 1 and q.requires_grad:
+        raise ValueError("ring attention is for inference here (its key / value exchange has no backward pass): "
+                         "train with train.ulysses_degree")
     if not dense and R > 1:
         raise ValueError("a sparse or custom attention backend needs every key of a query at once, which ring "
                          "attention does not give: use --ulysses-degree instead of --ring-degree with it")

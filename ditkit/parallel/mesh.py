@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as differentiable
 from torch.distributed.device_mesh import init_device_mesh
 
 DIMS = ("dp", "cfg", "ring", "ulysses")
@@ -157,12 +158,15 @@ class ParallelState:
 
 def all_gather_rows(x: torch.Tensor, sizes: list[int], dim: int, group) -> torch.Tensor:
     """Concatenate along ``dim`` the parts of ``group``'s processes, part i of length ``sizes[i]`` (uneven parts
-    are padded to the longest for the collective, then trimmed)."""
+    are padded to the longest for the collective, then trimmed); differentiable when ``x`` requires grad."""
     longest = max(sizes)
     pad = longest - x.shape[dim]
     if pad:
         x = torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim=dim)
-    parts = [torch.empty_like(x) for _ in sizes]
-    dist.all_gather(parts, x.contiguous(), group=group)
+    if x.requires_grad:                                    # training: the backward pass sums the parts' gradients
+        parts = differentiable.all_gather_tensor_autograd(x.contiguous(), dim, group).chunk(len(sizes), dim)
+    else:
+        parts = [torch.empty_like(x) for _ in sizes]
+        dist.all_gather(parts, x.contiguous(), group=group)
     traffic.add(x, len(sizes) - 1)
     return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)

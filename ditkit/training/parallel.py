@@ -1,5 +1,5 @@
-"""Training beyond data parallelism: FSDP2 sharding, activation checkpointing, and sharded checkpoints through
-torch.distributed.checkpoint (DCP).
+"""Training beyond data parallelism: FSDP2 sharding, Ulysses sequence parallelism, activation checkpointing, and
+sharded checkpoints through torch.distributed.checkpoint (DCP).
 
 - ``train.parallel: fsdp``: ``fully_shard`` (FSDP2, DTensor parameters on a 1-D device mesh of every process) on
   each unit the forward calls as a module, then on the model root; the EMA copy is sharded the same way, so its
@@ -8,6 +8,10 @@ torch.distributed.checkpoint (DCP).
   a diffusers model's units are its blocks. With ``train.bf16`` parameters are gathered in bfloat16 and gradients
   reduced in float32 (FSDP's mixed precision) instead of autocast. On one process the same code runs on a
   one-process group, so a sharded checkpoint resumes at any world size.
+- ``train.ulysses_degree``: U processes share each sample's tokens (:mod:`ditkit.parallel.sequence`, with
+  differentiable all-to-alls and gathers); every process of a group computes the same loss on the gathered output,
+  so the gathers' backward sums U copies of each gradient, which the average over all processes (DDP or FSDP)
+  divides back: the update is the one of the global batch on one process. Composes with ``fsdp``.
 - ``train.activation_checkpointing``: every block's activations are recomputed in the backward pass instead of
   kept (the ``stack`` hook point: the block stack run through ``torch.utils.checkpoint``).
 - Sharded checkpoints: a folder with ``sharded/`` (DCP: model, optimizer and EMA shards, resharded on load to the
@@ -36,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from ..core import checkpoint as ckpt
 from ..hooks.points import HookPoints
 from ..models.stack import run_blocks
+from ..parallel.mesh import ParallelConfig, ParallelState
 
 PARALLEL_KINDS = ("ddp", "fsdp")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -43,9 +48,11 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 class TrainingGroup:
     """The process group of a training run: torchrun's job (gloo on CPU, nccl on CUDA), none for one process, or
-    for ``fsdp`` on one process a one-process group that :meth:`release` removes at the end of the run."""
+    for ``fsdp`` on one process a one-process group that :meth:`release` removes at the end of the run. With
+    ``ulysses_degree`` U > 1, groups of U processes share each sample's tokens (Ulysses sequence parallelism,
+    ``sequence``) and the batch is split over the ``data_world`` = world / U groups (``data_rank``)."""
 
-    def __init__(self, device: torch.device, parallel: str):
+    def __init__(self, device: torch.device, parallel: str, ulysses_degree: int = 1):
         self.owned = False
         if dist.is_initialized():
             pass
@@ -58,6 +65,25 @@ class TrainingGroup:
                                     world_size=1)
             self.owned = True
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.sequence = None
+        self.data_rank, self.data_world = self.rank, self.world
+        if ulysses_degree > 1:
+            if not dist.is_initialized():
+                raise ValueError(f"train.ulysses_degree={ulysses_degree} needs {ulysses_degree} processes: launch "
+                                 f"with torchrun --nproc_per_node {ulysses_degree} -m ditkit.cli train ...")
+            config = ParallelConfig(ulysses_degree=ulysses_degree)
+            if self.world % ulysses_degree:
+                raise ValueError(f"train.ulysses_degree={ulysses_degree} does not divide the world size {self.world}: "
+                                 f"launch a multiple of {ulysses_degree} processes")
+            self.sequence = ParallelState(config, device)
+            self.data_rank, self.data_world = self.sequence.index("dp"), self.sequence.size("dp")
+
+    def local_batch(self, global_batch: int) -> int:
+        """Samples per process group of the data split (a clear error unless the batch divides evenly)."""
+        if global_batch % self.data_world:
+            raise ValueError(f"train.global_batch_size={global_batch} is not divisible by the {self.data_world} "
+                             f"data-parallel groups (world size {self.world} / train.ulysses_degree)")
+        return global_batch // self.data_world
 
     def release(self) -> None:
         if self.owned and dist.is_initialized():

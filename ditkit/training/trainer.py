@@ -34,6 +34,7 @@ from ..data.images import load_image_data
 from ..models.dit import dit_config
 from ..models.interop.autoencoder import Autoencoder, check_autoencoder_folder
 from ..pipelines.build import build_model, build_process
+from ..parallel.sequence import SequenceParallel
 from .parallel import (ActivationCheckpointing, TrainingGroup, full_state_dict, fully_shard_model, grad_norm_value,
                        is_sharded, load_sharded_checkpoint, load_single_file_into_sharded, save_sharded_checkpoint)
 
@@ -334,13 +335,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     t_cfg = cfg.train
     resume_path = prepare_training(cfg, resume, overwrite, cfg.model.name)
     device = resolve_device(t_cfg.device, flag="train.device")
-    group = TrainingGroup(device, t_cfg.parallel)
-    rank, world = group.rank, group.world
-    if device.type == "cuda" and world > 1:
+    group = TrainingGroup(device, t_cfg.parallel, t_cfg.ulysses_degree)
+    if device.type == "cuda" and group.world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if t_cfg.global_batch_size % world:
-        raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
-    local_batch = t_cfg.global_batch_size // world
+    local_batch = group.local_batch(t_cfg.global_batch_size)
 
     data = load_image_data(cfg.data.name, cfg.data.image_size, cfg.data.path, cfg.data.channels)
     if data.num_classes > cfg.model.num_classes:
@@ -358,7 +356,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     torch.manual_seed(t_cfg.seed)
     model = build_model(cfg.model, model_channels, model_size).to(device)
     process = build_process(cfg.diffusion, cfg.model.learn_sigma)
-    B, lo = t_cfg.global_batch_size, rank * local_batch
+    B, lo = t_cfg.global_batch_size, group.data_rank * local_batch
 
     def losses(train_model, step: int, g: torch.Generator) -> dict:
         idx = batch_indices(t_cfg.seed, step, B, len(data.images))[lo:lo + local_batch]
@@ -398,12 +396,14 @@ def _optimise(cfg, model, losses, device, group: TrainingGroup, resume, progress
     if fsdp and hasattr(model, "save_diffusers"):
         raise ValueError("train.parallel=fsdp shards ditkit models (DiT, VideoDiT); train a diffusers class with "
                          "train.parallel=ddp")
-    check_memory(model, t_cfg.global_batch_size // world, device, world if fsdp else 1)
+    check_memory(model, group.local_batch(t_cfg.global_batch_size), device, world if fsdp else 1)
     if overwrite and rank == 0:
         clear_run(results)
     ema = EMA(model, t_cfg.ema_decay)
     if t_cfg.activation_checkpointing:
         ActivationCheckpointing().attach(model)
+    if group.sequence is not None:
+        SequenceParallel(group.sequence).attach(model)
     if fsdp:
         fully_shard_model(model, device, t_cfg.bf16)
         fully_shard_model(ema.model, device, t_cfg.bf16)

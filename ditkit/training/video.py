@@ -62,11 +62,8 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     t_cfg, m_cfg = cfg.train, cfg.model
     resume_path = prepare_training(cfg, resume, overwrite, m_cfg.name.replace("VideoDiT-", "DiT-", 1))
     device = resolve_device(t_cfg.device, flag="train.device")
-    group = TrainingGroup(device, t_cfg.parallel)
-    rank, world = group.rank, group.world
-    if t_cfg.global_batch_size % world:
-        raise ValueError(f"train.global_batch_size={t_cfg.global_batch_size} is not divisible by the world size {world}")
-    local_batch, B = t_cfg.global_batch_size // world, t_cfg.global_batch_size
+    group = TrainingGroup(device, t_cfg.parallel, t_cfg.ulysses_degree)
+    local_batch, B = group.local_batch(t_cfg.global_batch_size), t_cfg.global_batch_size
     data = load_video_data(cfg.data, seed=t_cfg.seed)
     if data.num_classes > m_cfg.num_classes:
         raise ValueError(f"dataset has {data.num_classes} classes but model.num_classes={m_cfg.num_classes}: "
@@ -75,7 +72,7 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     torch.manual_seed(t_cfg.seed)
     model = build_video_model(m_cfg).to(device)
     process = build_process(cfg.diffusion, m_cfg.learn_sigma)
-    lo = rank * local_batch
+    lo = group.data_rank * local_batch
     part = lambda x: x[lo:lo + local_batch].to(device)
     F, (H, W) = m_cfg.num_frames, model.config.image_hw
 
