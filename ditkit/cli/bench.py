@@ -22,9 +22,11 @@ from ..bench.cache_dit_peer import CACHE_DIT_NOTES, cache_dit_entries
 from ..bench.peers import ADAPTER_NOTES, PEER_NOTES, adapter_entries, diffusers_entries
 from ..bench.report import bars_of, write_markdown
 from ..core.outputs import check_output_path, write_json
+from ..parallel.mesh import distributed_env
 from ..pipelines.base import is_video_model
 from ..pipelines.diffusers_dit import diffusers_folder_kind
-from .flags import add_sampling_args, add_task_args, load_task, nonnegative_int, positive_int
+from .flags import (add_parallel_args, add_sampling_args, add_task_args, load_task, nonnegative_int, parallel_config,
+                    positive_int)
 
 PEERS = {"diffusers": "diffusers", "cache-dit": "cache_dit"}      # --peers name -> the package it needs
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -90,6 +92,10 @@ def check_args(args) -> None:
                 raise ImportError(f"{flag} needs the {package.replace('_', '-')} package: pip install "
                                   f"{'--no-deps cache-dit==1.5.3' if package == 'cache_dit' else package} "
                                   f"(or drop {flag.split()[0]})")
+    if (args.ulysses_degree > 1 or args.ring_degree > 1 or args.cfg_parallel) and \
+            (args.compile or args.peers or args.through_diffusers):
+        raise ValueError("--compile, --peers and --through-diffusers run on one process: drop them with "
+                         "--ulysses-degree / --ring-degree / --cfg-parallel")
     if args.compile and args.device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise ValueError("--compile compiles the blocks with torch.compile, which needs a C++ compiler on the CPU "
                          "(none of g++, c++, clang++ found): install one (e.g. apt install g++) or drop --compile")
@@ -100,13 +106,16 @@ def run(args):
     specs = recipe_list(args.recipes, "--recipes") or standard_suite(SUITES[args.suite])
     specs += recipe_list(args.add_recipes, "--add-recipes")
     specs = ["none"] + [s for s in specs if s.strip().lower() != "none"]
+    parallel = parallel_config(args)
     pipe, task = load_task(args, args.num_samples, args.seed)
-    log = lambda m: print(m, file=sys.stderr)
+    main = parallel is None or distributed_env()[0] == 0
+    log = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
     with tempfile.TemporaryDirectory(prefix="ditkit-bench-") as scratch:
         # calibration files: next to --json (named after it), else only for this run
         out_dir, prefix = (Path(args.json).parent, Path(args.json).stem + "-") if args.json else (Path(scratch), "")
         resolved = with_calibration(specs, pipe, task, args.calibration_prompts, args.calibration_seed, out_dir,
                                     prefix, log=log)
+        pipe.set_parallel(parallel)     # after calibrating on each process alone; every process times, rank 0 reports
         entries = [ditkit_entry(pipe, spec, shown) for spec, shown in resolved]
         if args.compile:
             entries += compiled_entries(pipe, resolved)
@@ -127,20 +136,23 @@ def run(args):
     s = task.settings()
     what = "samples" if task.kind == "image" else \
         f"videos ({s['task']}, {s['num_frames']} frames of {s['canvas']}x{s['canvas']}, {tokens}-token attention)"
-    print(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} {what} (quality on "
-          f"{args.num_samples}), "
-          f"{s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, {torch.get_num_threads()} thread(s)")
+    where = "" if pipe.parallel is None else f", {pipe.parallel.describe()}"
+    log(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} {what} (quality on "
+        f"{args.num_samples}), {s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, "
+        f"{torch.get_num_threads()} thread(s){' per process' if where else ''}{where}")
     skipped = []
     rows = [{"subject": args.model, **r} for r in run_bench(entries, task, args.repeats, log=log,
                                                             time_samples=args.time_samples, skipped=skipped)]
     del entries
+    if not pipe.is_main:
+        return
     print(markdown_table(rows))
     settings = {"model": args.model, "kind": task.kind, "tokens": tokens, "num_samples": args.num_samples,
                 "repeats": args.repeats, "time_samples": timed,
                 "calibration_prompts": args.calibration_prompts, "calibration_seed": args.calibration_seed,
                 **s, "command": "ditkit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
                 "plot": args.plot, "notes": notes, "through_diffusers": args.through_diffusers,
-                "peers": args.peers or []}
+                "peers": args.peers or [], "parallel": None if pipe.parallel is None else pipe.parallel.describe()}
     data = {"settings": settings, "machine": machine(), "rows": rows,
             "skipped": [[recipe, why, tokens] for recipe, why in skipped]}
     print(f"peak resident memory of this run: {data['machine']['peak_rss_mb']:.0f} MiB")
@@ -163,6 +175,7 @@ def register(sub):
                                      "on image or video DiTs")
     add_sampling_args(p, threads=1)
     add_task_args(p)
+    add_parallel_args(p)
     p.add_argument("--recipes", help="comma-separated recipes (default: the --suite)")
     p.add_argument("--suite", choices=SUITES, default="standard",
                    help="without --recipes: every registered method at its paper default and a faster setting "

@@ -166,6 +166,4 @@ class SequenceParallel:
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Gather the whole sequence, then the model's head with the whole conditioning."""
-        whole = self.shard.gather(tokens)
-        c_whole, self.shard, self.c = self.c, None, None
-        return self.model_head(whole, c_whole)
+        return self.model_head(self.shard.gather(tokens), self.c)
