@@ -6,6 +6,7 @@ STAMP   := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test bench clean
+LOAD    ?= not stated (pass LOAD="..." to say how loaded the machine was)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,8 +57,22 @@ bench-diffusers: $(DEVSTAMP)
 	    --json out/bench-diffusers.json --plot docs/bench-diffusers.png --markdown BENCHMARKS.md
 	$(BIN)/ditkit support-matrix --json out/support-matrix.json --markdown BENCHMARKS.md
 
+# One process vs Ulysses and ring sequence parallelism on 2 local processes x 1 thread, the bundled video model at
+# 8,192 tokens (8 frames of 128x128), interleaved rounds (rewrites its section of BENCHMARKS.md; about 5 minutes).
+.PHONY: bench-parallel
+bench-parallel: $(DEVSTAMP)
+	$(BIN)/ditkit bench-parallel --model moving-mnist-vdt --canvas 128 --num-frames 8 --num-sampling-steps 4 \
+	    --modes ulysses,ring --world-sizes 2 --threads 1 --repeats 3 --load "$(LOAD)" \
+	    --json out/bench-parallel.json --markdown BENCHMARKS.md
+
 clean:
 	rm -rf out runs
+
+# Multi-process checks on nccl: fused attention's log-sum-exp, ring merging, FSDP on one GPU, and with 2+ GPUs
+# Ulysses / ring / CFG parallelism against one process (`--device cpu` runs them on gloo).
+.PHONY: gpu-parallel-check
+gpu-parallel-check: $(DEVSTAMP)
+	$(BIN)/python scripts/parallel_gpu_check.py --device cuda --json out/parallel-gpu-check.json
 
 # Every recipe on the bundled image and video models, CUDA vs CPU, 4 steps (needs a GPU; `--device cpu` runs the same
 # script CPU vs CPU as a smoke test).

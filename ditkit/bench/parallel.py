@@ -141,10 +141,11 @@ def markdown(data: dict) -> str:
              f"{s['repeats']} interleaved rounds, medians; each parallel generation in freshly spawned gloo processes "
              f"(loopback), after a one-step warm-up. Bytes: sent by one process per sampler step (one network call), "
              f"measured in ditkit's collectives, against xDiT's communication table (see `ditkit/bench/parallel.py`).",
-             "", "| mode | processes | seconds | speed-up | max abs diff vs one process | MB sent / step | theory MB |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| mode | processes | seconds (median) | rounds (s) | speed-up | max abs diff vs one process | "
+             "MB sent / step | theory MB |", "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        lines.append(f"| {r['mode']} | {r['world_size']} | {r['seconds']:.2f} | {r['speedup']:.2f}x | "
+        rounds = ", ".join(f"{t:.1f}" for t in r["seconds_all"])
+        lines.append(f"| {r['mode']} | {r['world_size']} | {r['seconds']:.2f} | {rounds} | {r['speedup']:.2f}x | "
                      f"{r['max_abs_diff']:.1e} | {r['bytes_per_step'] / 1e6:.1f} | "
                      f"{r['bytes_per_step_theory'] / 1e6:.1f} |")
     return "\n".join(lines + ["", "Bars:", *bars(data["rows"])])
