@@ -1,5 +1,6 @@
 """Multi-process inference on gloo: Ulysses, ring, USP, CFG and data parallelism give the one-process output (to
-1e-5), alone and with caching recipes, sparse attention and quantization; bad degrees are clear errors."""
+1e-5), alone and with caching recipes, sparse attention, quantization and their stacks; bad degrees are clear
+errors."""
 import os
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def test_image_dit_two_processes():
               {"kind": "image", "parallel": U2, "recipe": "sta:min_tokens=0"},
               {"kind": "image", "parallel": U2, "recipe": "topk:min_tokens=0,heads=0-1+svg:min_tokens=0,heads=2"},
               {"kind": "image", "parallel": U2, "recipe": "bf16"},
+              {"kind": "image", "parallel": R2, "recipe": "taylorseer:interval=3,order=2+w8a8"},
               {"kind": "image", "parallel": {}, "labels": [1, 2, 3, 4, 5]}]       # data parallel: 3 + 2 samples
     check(cases, 2)
 
