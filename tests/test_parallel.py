@@ -16,6 +16,8 @@ from test_model_contract import tiny_video
 
 from ditkit import cli
 from ditkit.acceleration.cache.base import rel_l1
+from ditkit.acceleration.cache.calibration import save_calibration
+from ditkit.bench.tasks import calibrate_on_task
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.models.attention import TokenLayout
 from ditkit.parallel.mesh import ParallelConfig, traffic
@@ -69,13 +71,19 @@ def check(cases: list[dict], world_size: int, atol: float = 1e-5) -> None:
 U2, R2, CFG = {"ulysses_degree": 2}, {"ring_degree": 2}, {"cfg_parallel": True}
 
 
-def test_image_dit_two_processes():
+def test_image_dit_two_processes(tmp_path):
     """25 tokens (13 + 12) and 3 heads (one moved by Ulysses, one gathered): every mode and caching recipes."""
+    torch.manual_seed(0)
+    pipe = DiTPipeline(tiny_dit(40, flow=True), FlowMatching(1000.0))
+    ratios = save_calibration(calibrate_on_task(pipe, "magcache", 2, num_sampling_steps=STEPS, sampler="euler",
+                                                cfg_scale=3.0), tmp_path / "magcache.json")
     cases = [{"kind": "image", "parallel": p} for p in (U2, R2, CFG)]
+    cases += [{"kind": "image", "parallel": p, "recipe": f"magcache:threshold=0.5,max_skips=2,ratios={ratios}"}
+              for p in (U2, CFG)]
     cases += [{"kind": "image", "parallel": U2, "recipe": r}
-              for r in ("fora", "teacache:threshold=0.3", "firstblockcache:threshold=0.2", "taylorseer:interval=3,order=2",
+              for r in ("fora", "teacache:threshold=0.3", "firstblockcache:threshold=0.5", "taylorseer:interval=3,order=2",
                         "delta_dit")]
-    cases += [{"kind": "image", "parallel": R2, "recipe": "firstblockcache:threshold=0.2"},
+    cases += [{"kind": "image", "parallel": R2, "recipe": "firstblockcache:threshold=0.5"},
               {"kind": "image", "parallel": CFG, "recipe": "teacache:threshold=0.3"},
               {"kind": "image", "parallel": CFG, "recipe": "fora", "interval": (0.2, 0.8)},
               {"kind": "image", "parallel": U2, "recipe": "sta:min_tokens=0"},
@@ -95,7 +103,7 @@ def test_video_dit_two_processes():
     cases += [{"kind": "video", "layout": "full3d", "frames": 5, "parallel": U2, "recipe": "teacache:threshold=0.3"},
               {"kind": "video", "layout": "vdt", "frames": 4, "parallel": R2, "recipe": "fora"},
               {"kind": "video", "layout": "vdt", "frames": 4, "parallel": CFG, "context_scale": 2.0,
-               "recipe": "firstblockcache:threshold=0.2"}]
+               "recipe": "firstblockcache:threshold=0.5"}]
     check(cases, 2)
 
 
@@ -107,7 +115,7 @@ def test_four_processes_usp_and_combinations():
               "recipe": "teacache:threshold=0.3"},
              {"kind": "image", "parallel": {"ulysses_degree": 2}, "labels": [1, 2, 3]},    # x 2 data parallel
              {"kind": "video", "layout": "full3d", "frames": 4, "parallel": {"ulysses_degree": 2, "ring_degree": 2},
-              "recipe": "firstblockcache:threshold=0.2"},
+              "recipe": "firstblockcache:threshold=0.5"},
              {"kind": "video", "layout": "vdt", "frames": 5, "parallel": {"ring_degree": 4}}]
     check(cases, 4)
 
