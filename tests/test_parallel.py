@@ -86,6 +86,8 @@ def test_image_dit_two_processes(tmp_path):
     cases += [{"kind": "image", "parallel": R2, "recipe": "firstblockcache:threshold=0.5"},
               {"kind": "image", "parallel": CFG, "recipe": "teacache:threshold=0.3"},
               {"kind": "image", "parallel": CFG, "recipe": "fora", "interval": (0.2, 0.8)},
+              {"kind": "image", "parallel": U2, "recipe": "toca:ratio=0.3"},
+              {"kind": "image", "parallel": R2, "recipe": "toca:ratio=0.3,interval=2"},
               {"kind": "image", "parallel": U2, "recipe": "sta:min_tokens=0"},
               {"kind": "image", "parallel": U2, "recipe": "topk:min_tokens=0,heads=0-1+svg:min_tokens=0,heads=2"},
               {"kind": "image", "parallel": U2, "recipe": "bf16"},
@@ -102,6 +104,9 @@ def test_video_dit_two_processes():
              for layout in ("vdt", "latte", "full3d") for frames in (3, 4) for p in (U2, R2)]
     cases += [{"kind": "video", "layout": "full3d", "frames": 5, "parallel": U2, "recipe": "teacache:threshold=0.3"},
               {"kind": "video", "layout": "vdt", "frames": 4, "parallel": R2, "recipe": "fora"},
+              {"kind": "video", "layout": "vdt", "frames": 3, "parallel": U2, "recipe": "toca:ratio=0.3"},
+              {"kind": "video", "layout": "latte", "frames": 4, "parallel": R2, "recipe": "toca:ratio=0.3"},
+              {"kind": "video", "layout": "full3d", "frames": 5, "parallel": U2, "recipe": "toca:ratio=0.3"},
               {"kind": "video", "layout": "vdt", "frames": 4, "parallel": CFG, "context_scale": 2.0,
                "recipe": "firstblockcache:threshold=0.5"}]
     check(cases, 2)
@@ -144,8 +149,6 @@ def refusals(rank: int, world_size: int) -> list[str]:
     messages = []
     for make in (lambda: ParallelConfig(ulysses_degree=3).data_degree(world_size),
                  lambda: DiTPipeline(tiny_dit(40, flow=True), FlowMatching(1000.0)).set_parallel(
-                     ParallelConfig(ulysses_degree=2)).set_recipe("toca")(class_labels=[1], num_sampling_steps=2),
-                 lambda: DiTPipeline(tiny_dit(40, flow=True), FlowMatching(1000.0)).set_parallel(
                      ParallelConfig(ring_degree=2)).set_recipe("sta:min_tokens=0"),
                  lambda: ParallelConfig(ulysses_degree=4).check_heads(3)):
         try:
@@ -157,9 +160,8 @@ def refusals(rank: int, world_size: int) -> list[str]:
 
 
 def test_bad_degrees_and_unsupported_combinations_are_clear_errors():
-    degrees, toca, ring_sparse, heads = run(refusals, 2)
+    degrees, ring_sparse, heads = run(refusals, 2)
     assert "= 3 does not divide the world size 2" in degrees and "--nproc_per_node 3" in degrees
-    assert "toca does not run under sequence parallelism" in toca
     assert "sta need(s) every key" in ring_sparse and "--ulysses-degree" in ring_sparse
     assert "more than the model's 3 attention heads" in heads
     with pytest.raises(ValueError, match="launch with torchrun --nproc_per_node 2"):

@@ -85,20 +85,24 @@ class SequenceShard:
         """Attention of this part's queries over the whole sequence (Ulysses / ring / USP)."""
         return sequence_attention(self, backend, q, k, v, layout)
 
+    def reduce(self, x: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        """x reduced elementwise over the sequence group (in place; returned)."""
+        dist.all_reduce(x, op=op, group=self.state.sequence_group)
+        traffic.add(x, len(self.sizes) - 1)
+        return x
+
     def token_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample sum over every token of the sequence: x [N, n_i, ...] (this part) -> [N]."""
-        total = x.flatten(1).sum(1)
-        dist.all_reduce(total, group=self.state.sequence_group)
-        traffic.add(total, len(self.sizes) - 1)
-        return total
+        return self.reduce(x.flatten(1).sum(1))
 
     def token_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample mean over every element of the whole sequence: x [N, n_i, ...] -> [N]."""
         return self.token_sum(x) / (sum(self.sizes) * x[0, 0].numel())
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """This part x [N, n_i, ...] -> the whole sequence [N, n, ...] on every process."""
-        return all_gather_rows(x, list(self.sizes), 1, self.state.sequence_group)
+    def gather(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """This part x [N, n_i, ...] (the sequence along ``dim``) -> the whole sequence [N, n, ...] on every
+        process."""
+        return all_gather_rows(x, list(self.sizes), dim, self.state.sequence_group)
 
 
 class SequenceParallel:

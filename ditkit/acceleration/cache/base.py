@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -47,10 +47,7 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor, shard=None) -> torch.Tensor:
 
 @dataclasses.dataclass
 class CachingMethod(Method):
-    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``.
-    ``sequence_parallel``: whether the method runs when each process holds a part of the tokens."""
-
-    sequence_parallel: ClassVar[bool] = True
+    """Base class; subclasses implement ``new_state()`` and ``forward(state, tokens [N, T, D], c)``."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,10 +93,6 @@ class CachingMethod(Method):
         per = tokens.shape[0] // len(names)
         self.row_branch = [n for n in names for _ in range(per)]
         self.layout = self.model.token_layout(tokens.shape[1])
-        if self.layout.shard is not None and not self.sequence_parallel:
-            raise ValueError(f"{self.name} does not run under sequence parallelism yet (it selects tokens by "
-                             f"attention scores over the whole sequence): use another caching method, or run "
-                             f"without --ulysses-degree / --ring-degree")
         key = (self.branch, tuple(tokens.shape), self.num_steps)
         if key not in self.states:
             self.states[key] = self.new_state()
