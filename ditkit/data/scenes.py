@@ -213,3 +213,10 @@ class CaptionedScenes:
             images[n, 0] = image
             captions.append(text)
         return images, captions
+
+
+# every word a caption of this module uses, and those the grammar's other phrasings may (a tokenizer's vocabulary)
+VOCABULARY = tuple(dict.fromkeys(
+    [str(d) for d in range(10)] + list(WORDS) + list(SIZES) + list(THICKNESSES)
+    + "a an the digit number and in at on of to next top bottom left right center centre middle corner above below"
+      .split()))

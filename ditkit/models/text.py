@@ -6,14 +6,18 @@ DiT cross-attends to.
   ``max_length`` tokens (120 for PixArt-alpha's T5), the mask marking the real ones.
 - :class:`CachedTextEncoder`: any encoder with its outputs kept per distinct prompt (training re-encodes the same
   captions otherwise), saved to and loaded from a safetensors file.
+- :class:`WordTokenizer` and :class:`SmallTextEncoder`: a word-level tokenizer with its vocabulary and a small
+  transformer encoder, trained with the model that reads it and saved in that model's file (no download).
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
+import torch.nn as nn
 
 from ..core import checkpoint as ckpt
 
@@ -99,3 +103,66 @@ class CachedTextEncoder:
             self.states[k], self.masks[k] = tensors[f"states.{k}"], tensors[f"mask.{k}"].bool()
             self.prompts[k] = prompt
         return self
+
+
+class WordTokenizer:
+    """Lower-case words and digits -> ids (0 padding, 1 unknown word, 2 end of text), a fixed vocabulary stored with
+    the model that uses it (``to_dict`` / ``from_dict``): the bundled text-to-image model's tokenizer, offline."""
+
+    PAD, UNKNOWN, END = 0, 1, 2
+    SPECIAL = ("<pad>", "<unk>", "</s>")
+
+    def __init__(self, vocabulary: Sequence[str]):
+        words = list(dict.fromkeys(w.lower() for w in vocabulary if w.lower() not in self.SPECIAL))
+        self.vocabulary = list(self.SPECIAL) + words
+        self.ids = {w: i for i, w in enumerate(self.vocabulary)}
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z]+|\d", text.lower())
+
+    def encode(self, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (ids [N, max_length] long, mask [N, max_length] bool); longer prompts are cut."""
+        ids = torch.full((len(prompts), max_length), self.PAD, dtype=torch.long)
+        for n, prompt in enumerate(prompts):
+            tokens = [self.ids.get(w, self.UNKNOWN) for w in self.words(prompt)][:max_length - 1] + [self.END]
+            ids[n, :len(tokens)] = torch.tensor(tokens)
+        return ids, ids != self.PAD
+
+    def to_dict(self) -> dict:
+        return {"kind": "words", "vocabulary": self.vocabulary}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WordTokenizer":
+        if d.get("kind") != "words":
+            raise ValueError(f"unknown tokenizer kind {d.get('kind')!r}; this ditkit reads 'words'")
+        return cls(d["vocabulary"])
+
+
+class SmallTextEncoder(nn.Module):
+    """A small transformer text encoder trained with the model that reads it: word and position embeddings, then
+    ``depth`` pre-norm ``nn.TransformerEncoderLayer`` blocks that ignore padding; ``encode(prompts)`` -> states
+    [N, max_length, dim], mask [N, max_length]."""
+
+    def __init__(self, tokenizer: WordTokenizer, dim: int = 128, depth: int = 2, num_heads: int = 4,
+                 max_length: int = 24):
+        super().__init__()
+        self.tokenizer, self.dim, self.max_length = tokenizer, dim, max_length
+        self.embedding = nn.Embedding(len(tokenizer.vocabulary), dim, padding_idx=WordTokenizer.PAD)
+        self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, num_heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask [N, L] -> states [N, L, dim] (padding positions zero)."""
+        x = self.embedding(ids) + self.positions[:ids.shape[1]]
+        x = self.norm(self.layers(x, src_key_padding_mask=~mask))
+        return x * mask[..., None]
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizer.encode(prompts, self.max_length)
+        device = self.positions.device
+        ids, mask = ids.to(device), mask.to(device)
+        return self(ids, mask), mask
