@@ -1,0 +1,287 @@
+"""PixArt-alpha (Chen et al., 2023): a DiT conditioned on text through cross-attention, with adaLN-single.
+
+Shapes as in :mod:`ditkit.models.dit`, plus text states [N, L, C_text] and their mask [N, L] (True = a real token).
+The timestep embedding e [N, D] makes one modulation t = W silu(e) [N, 6D] shared by every block (adaLN-single);
+block i adds its learned table [6, D] to it. A block: self-attention on the modulated tokens, cross-attention of the
+tokens (unnormalised, as in PixArt) to the projected text, MLP on the modulated tokens; the attention and MLP outputs
+are gated. Final layer: norm, modulation by e plus its own table [2, D], linear, unpatchify.
+
+The block-stack contract (:mod:`ditkit.models.stack`): ``c`` is a :class:`TextConditioning` (rows cut with
+``c[idx]``), each block has an 'attn', a 'cross' and an 'mlp' branch, so every caching method and attention backend
+applies. Cross-attention keys and values depend only on the text, so they are kept per text tensor and computed once
+per generation and branch (:meth:`PixArt.kv`), not at every step.
+
+:func:`to_diffusers` / :func:`from_diffusers` convert to and from diffusers' ``PixArtTransformer2DModel`` (same
+outputs), so a ditkit-trained model runs in diffusers' PixArt pipeline and PixArt checkpoints load into ditkit.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention, TokenLayout
+from .dit import Mlp, PatchEmbed, TimestepEmbedder, sincos_2d
+from .stack import Branch, modulate, run_blocks
+
+
+@dataclass
+class PixArtConfig:
+    input_size: int = 40
+    patch_size: int = 4
+    in_channels: int = 1
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    caption_channels: int = 128         # width of the text encoder's states
+    learn_sigma: bool = False
+    caption_dropout_prob: float = 0.1   # training: captions replaced by the empty caption (classifier-free guidance)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.input_size, self.input_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TextConditioning:
+    """The contract's ``c`` for a PixArt model: ``t`` [N, 6D] (adaLN-single), ``e`` [N, D] (timestep embedding, for
+    the final layer), ``text`` [N, L, D] (projected text states), ``mask`` [N, L], and ``keys(block)`` -> the
+    cross-attention keys and values of ``block`` for these rows; ``c[idx]`` keeps rows idx of all of them."""
+
+    def __init__(self, t, e, text, mask, keys):
+        self.t, self.e, self.text, self.mask, self.keys = t, e, text, mask, keys
+
+    def __getitem__(self, idx) -> "TextConditioning":
+        keys = self.keys
+        return TextConditioning(self.t[idx], self.e[idx], self.text[idx], self.mask[idx],
+                                lambda block: tuple(x[idx] for x in keys(block)))
+
+
+class CrossAttention(nn.Module):
+    """Tokens x [N, T, D] attend to text states [N, L, D] where ``mask`` [N, L] is True."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def keys_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text [N, L, D] -> k, v [N, heads, L, head_dim]."""
+        N, L, _ = text.shape
+        return tuple(self.kv(text).view(N, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        N, T, D = x.shape
+        q = self.q(x).view(N, T, self.num_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(N, T, D))
+
+
+class PixArtBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.cross = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim ** 0.5)
+
+    def branches(self, c: TextConditioning, layout: TokenLayout) -> list[Branch]:
+        """Self-attention, cross-attention (keys and values from ``c.keys``) and MLP."""
+        N = c.t.shape[0]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
+            (self.scale_shift_table[None] + c.t.view(N, 6, -1)).unbind(1)
+        return [Branch("attn", lambda x: modulate(self.norm1(x), shift_msa, scale_msa),
+                       lambda h: self.attn(h, layout), gate_msa, self.attn),
+                Branch("cross", lambda x: x, lambda h: self.cross(h, *c.keys(self), c.mask)),
+                Branch("mlp", lambda x: modulate(self.norm2(x), shift_mlp, scale_mlp), self.mlp, gate_mlp)]
+
+
+class CaptionProjection(nn.Module):
+    """Text states [N, L, C_text] -> [N, L, D]: linear, tanh-GELU, linear (PixArt's caption projection)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(in_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PixArt(nn.Module):
+    format_name = "ditkit-pixart"
+
+    def __init__(self, config: PixArtConfig | None = None, **kwargs):
+        super().__init__()
+        config = config or PixArtConfig(**kwargs)
+        self.config = config
+        p, D = config.patch_size, config.hidden_size
+        if config.input_size % p:
+            raise ValueError(f"input size {config.input_size} is not divisible by patch_size={p}")
+        self.grid = (config.input_size // p, config.input_size // p)
+        self.in_channels, self.out_channels, self.patch_size = config.in_channels, config.out_channels, p
+        self.x_embedder = PatchEmbed(p, config.in_channels, D)
+        self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(D, *self.grid)).float()[None], persistent=False)
+        self.t_embedder = TimestepEmbedder(D)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.y_embedder = CaptionProjection(config.caption_channels, D)
+        self.blocks = nn.ModuleList([PixArtBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
+        self.norm_final = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.final_table = nn.Parameter(torch.randn(2, D) / D ** 0.5)
+        self.final_linear = nn.Linear(D, p * p * self.out_channels)
+        self._text_cache: list[tuple] = []          # (text tensor, projected, {block id: (k, v)}), newest last
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """PixArt's: xavier linears, small timestep layers, zero cross-attention outputs and final layer."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for layer in [b.cross.proj for b in self.blocks] + [self.final_linear]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @property
+    def stack_blocks(self) -> nn.ModuleList:
+        return self.blocks
+
+    def token_layout(self, num_tokens: int) -> TokenLayout:
+        return TokenLayout(1, *self.grid)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
+        """x [N, C, H, W], t [N], text states [N, L, C_text], mask [N, L] -> tokens [N, T, D], c."""
+        if x.shape[1:] != (self.in_channels, *self.config.image_hw):
+            raise ValueError(f"expected input of shape [N, {self.in_channels}, {self.config.input_size}, "
+                             f"{self.config.input_size}], got {list(x.shape)}")
+        if text.dim() != 3 or text.shape[-1] != self.config.caption_channels or mask.shape != text.shape[:2]:
+            raise ValueError(f"expected text states [N, L, {self.config.caption_channels}] and a mask [N, L], got "
+                             f"{list(text.shape)} and {list(mask.shape)}")
+        tokens = self.x_embedder(x) + self.pos_embed
+        e = self.t_embedder(t)
+        projected, keys = self._text(text)
+        return tokens, TextConditioning(self.t_block(e), e, projected, mask.bool(), keys)
+
+    def _text(self, text: torch.Tensor):
+        """(projected text, ``keys(block)``). Outside autograd both are kept while the same text tensor comes back
+        (a sampler passes one per generation and CFG branch; the last 4 are kept; an in-place change of a kept tensor
+        is not seen), so the caption projection and
+        every block's cross-attention keys and values are computed once per generation and branch."""
+        if torch.is_grad_enabled():
+            projected = self.y_embedder(text)
+            return projected, lambda block: block.cross.keys_values(projected)
+        entry = next((e for e in self._text_cache if e[0] is text), None)
+        if entry is None:
+            entry = (text, self.y_embedder(text), {})
+            self._text_cache = self._text_cache[-3:] + [entry]
+        _, projected, held = entry
+
+        def keys(block):
+            if id(block) not in held:
+                held[id(block)] = block.cross.keys_values(projected)
+            return held[id(block)]
+        return projected, keys
+
+    def run_stack(self, tokens: torch.Tensor, c: TextConditioning) -> torch.Tensor:
+        """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""
+        return run_blocks(self.stack_blocks, tokens, c, self.token_layout(tokens.shape[1]))
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.grid
+        p, ch = self.patch_size, self.out_channels
+        x = x.reshape(x.shape[0], h, w, p, p, ch)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], ch, h * p, w * p)
+
+    def head(self, tokens: torch.Tensor, c: TextConditioning) -> torch.Tensor:
+        shift, scale = (self.final_table[None] + c.e[:, None]).unbind(1)
+        return self.unpatchify(self.final_linear(modulate(self.norm_final(tokens), shift, scale)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W], t [N], text states [N, L, C_text], mask [N, L] -> [N, C_out, H, W]."""
+        tokens, c = self.embed(x, t, text, mask)
+        return self.head(self.run_stack(tokens, c), c)
+
+
+# ditkit key -> diffusers PixArtTransformer2DModel key (per block: the part after "blocks.{i}.")
+_GLOBAL = {"x_embedder.proj": "pos_embed.proj", "t_embedder.mlp.0": "adaln_single.emb.timestep_embedder.linear_1",
+           "t_embedder.mlp.2": "adaln_single.emb.timestep_embedder.linear_2", "t_block.1": "adaln_single.linear",
+           "y_embedder.fc1": "caption_projection.linear_1", "y_embedder.fc2": "caption_projection.linear_2",
+           "final_linear": "proj_out"}
+_BLOCK = {"attn.proj": "attn1.to_out.0", "cross.q": "attn2.to_q", "cross.proj": "attn2.to_out.0",
+          "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}
+
+
+def to_diffusers(model: PixArt):
+    """The same network as a diffusers ``PixArtTransformer2DModel`` (float32, eval mode)."""
+    from diffusers import PixArtTransformer2DModel
+    cfg = model.config
+    out = PixArtTransformer2DModel(
+        num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
+        in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,
+        sample_size=cfg.input_size, patch_size=cfg.patch_size, caption_channels=cfg.caption_channels,
+        cross_attention_dim=cfg.hidden_size, interpolation_scale=1, use_additional_conditions=False)
+    own = model.state_dict()
+    state = {}
+    for ours, theirs in _GLOBAL.items():
+        state[f"{theirs}.weight"], state[f"{theirs}.bias"] = own[f"{ours}.weight"], own[f"{ours}.bias"]
+    state["scale_shift_table"] = own["final_table"]
+    for i in range(cfg.depth):
+        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
+        for ours, theirs in _BLOCK.items():
+            state[f"{d}{theirs}.weight"], state[f"{d}{theirs}.bias"] = own[f"{b}{ours}.weight"], own[f"{b}{ours}.bias"]
+        for part, names in (("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
+                            ("cross.kv", ("attn2.to_k", "attn2.to_v"))):
+            for name, w, bias in zip(names, own[f"{b}{part}.weight"].chunk(len(names)),
+                                     own[f"{b}{part}.bias"].chunk(len(names))):
+                state[f"{d}{name}.weight"], state[f"{d}{name}.bias"] = w, bias
+        state[f"{d}scale_shift_table"] = own[f"{b}scale_shift_table"]
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("pos_embed.pos_embed")]
+    if missing or unexpected:
+        raise ValueError(f"PixArt conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return out.eval()
+
+
+def from_diffusers(transformer) -> PixArt:
+    """A diffusers ``PixArtTransformer2DModel`` (no resolution / aspect-ratio conditions, square) as a ditkit
+    PixArt with the same outputs."""
+    c = transformer.config
+    if c.use_additional_conditions:
+        raise ValueError("this PixArt uses resolution and aspect-ratio conditions (PixArt-alpha 1024px); ditkit's "
+                         "PixArt converts models without them")
+    if c.norm_type != "ada_norm_single":
+        raise ValueError(f"expected a PixArt (norm_type ada_norm_single), got norm_type={c.norm_type!r}")
+    D = c.num_attention_heads * c.attention_head_dim
+    model = PixArt(PixArtConfig(input_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels,
+                                hidden_size=D, depth=c.num_layers, num_heads=c.num_attention_heads,
+                                mlp_ratio=transformer.transformer_blocks[0].ff.net[2].in_features / D,
+                                caption_channels=c.caption_channels,
+                                learn_sigma=c.out_channels == 2 * c.in_channels))
+    theirs = transformer.state_dict()
+    state = {}
+    for ours, name in _GLOBAL.items():
+        state[f"{ours}.weight"], state[f"{ours}.bias"] = theirs[f"{name}.weight"], theirs[f"{name}.bias"]
+    state["final_table"] = theirs["scale_shift_table"]
+    for i in range(c.num_layers):
+        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
+        for ours, name in _BLOCK.items():
+            state[f"{b}{ours}.weight"], state[f"{b}{ours}.bias"] = theirs[f"{d}{name}.weight"], theirs[f"{d}{name}.bias"]
+        for part, names in (("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
+                            ("cross.kv", ("attn2.to_k", "attn2.to_v"))):
+            state[f"{b}{part}.weight"] = torch.cat([theirs[f"{d}{n}.weight"] for n in names])
+            state[f"{b}{part}.bias"] = torch.cat([theirs[f"{d}{n}.bias"] for n in names])
+        state[f"{b}scale_shift_table"] = theirs[f"{d}scale_shift_table"]
+    model.load_state_dict(state, strict=True)
+    return model.eval()
