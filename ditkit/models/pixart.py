@@ -176,9 +176,9 @@ class PixArt(nn.Module):
 
     def _text(self, text: torch.Tensor):
         """(projected text, ``keys(block)``). Outside autograd both are kept while the same text tensor comes back
-        (a sampler passes one per generation and CFG branch; the last 4 are kept; an in-place change of a kept tensor
-        is not seen), so the caption projection and
-        every block's cross-attention keys and values are computed once per generation and branch."""
+        (a sampler passes one per generation and CFG branch; the last 4 are kept; an in-place change of a kept
+        tensor is not seen), so the caption projection and every block's cross-attention keys and values are
+        computed once per generation and branch."""
         if torch.is_grad_enabled():
             projected = self.y_embedder(text)
             return projected, lambda block: block.cross.keys_values(projected)
