@@ -44,14 +44,21 @@ def check_guidance_interval(interval) -> None:
 class GuidedModel:
     """``model_fn(x, t)`` for samplers. ``batched`` runs [cond; uncond] in one call of 2N samples (DiT's order);
     otherwise two separate calls, conditional first. ``branch_callback(name)`` is told which branch each network call
-    computes: "cond", "uncond" or "cond+uncond" (batched)."""
+    computes: "cond", "uncond" or "cond+uncond" (batched).
 
-    def __init__(self, model, labels: torch.Tensor, null_label: int, cfg_scale: float = 1.0, process=None,
-                 guide_channels: int | None = None, interval: tuple[float, float] | None = None, batched: bool = True,
-                 branch_callback=None):
+    The conditioning is class ``labels`` [N] with the ``null_label`` class, or a tuple of per-sample tensors (text
+    states and mask) with a tuple ``null_label`` of the unconditional ones (the empty or negative prompt). The batched
+    conditioning is built once, so a network can keep what depends on it alone (text keys and values)."""
+
+    def __init__(self, model, labels: torch.Tensor | tuple, null_label: int | tuple, cfg_scale: float = 1.0,
+                 process=None, guide_channels: int | None = None, interval: tuple[float, float] | None = None,
+                 batched: bool = True, branch_callback=None):
         check_guidance_scale(cfg_scale)
         check_guidance_interval(interval)
-        self.model, self.labels, self.null_label = model, labels, null_label
+        self.model = model
+        self.cond = labels if isinstance(labels, tuple) else (labels,)
+        self.null = null_label if isinstance(null_label, tuple) else (torch.full_like(labels, null_label),)
+        self.both = tuple(torch.cat([c, n]) for c, n in zip(self.cond, self.null))
         self.cfg_scale, self.process, self.guide_channels = cfg_scale, process, guide_channels
         self.interval, self.batched = interval, batched
         self.branch_callback = branch_callback or (lambda branch: None)
@@ -73,17 +80,16 @@ class GuidedModel:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self._active(t):
             self.branch_callback("cond")
-            return self.model(x, t, self.labels)
-        null = torch.full_like(self.labels, self.null_label)
+            return self.model(x, t, *self.cond)
         if self.batched:
             self.branch_callback("cond+uncond")
-            out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.labels, null]))
+            out = self.model(torch.cat([x, x]), torch.cat([t, t]), *self.both)
             cond, uncond = out.chunk(2)
         else:
             self.branch_callback("cond")
-            cond = self.model(x, t, self.labels)
+            cond = self.model(x, t, *self.cond)
             self.branch_callback("uncond")
-            uncond = self.model(x, t, null)
+            uncond = self.model(x, t, *self.null)
         g = self.guide_channels if self.guide_channels is not None else x.shape[1]
         guided = uncond[:, :g] + self.cfg_scale * (cond[:, :g] - uncond[:, :g])
         return torch.cat([guided, cond[:, g:]], dim=1)

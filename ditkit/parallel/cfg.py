@@ -17,7 +17,7 @@ HALVES = ("cond", "uncond")
 
 
 class CfgParallel:
-    """``model_fn(x, t, y)`` for :class:`~ditkit.diffusion.guidance.GuidedModel`, with :meth:`branch` as its
+    """``model_fn(x, t, *cond)`` for :class:`~ditkit.diffusion.guidance.GuidedModel`, with :meth:`branch` as its
     branch callback; ``begin_branch`` is the recipe's."""
 
     def __init__(self, model_fn, state: ParallelState, begin_branch):
@@ -28,12 +28,12 @@ class CfgParallel:
         self.split = name == "cond+uncond"
         self.begin_branch(f"{name}/{HALVES[self.state.index('cfg')]}" if self.split else name)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         if not self.split:
-            return self.model_fn(x, t, y)
+            return self.model_fn(x, t, *cond)
         half = x.shape[0] // 2
         rows = slice(self.state.index("cfg") * half, (self.state.index("cfg") + 1) * half)
-        out = self.model_fn(x[rows], t[rows], y[rows]).contiguous()
+        out = self.model_fn(x[rows], t[rows], *(c[rows] for c in cond)).contiguous()
         parts = [torch.empty_like(out) for _ in HALVES]
         dist.all_gather(parts, out, group=self.state.group("cfg"))
         traffic.add(out, 1)
