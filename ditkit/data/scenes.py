@@ -148,7 +148,7 @@ def parse_caption(text: str) -> Scene:
                      f"left and 8 on the right', '2 above 5'")
 
 
-def _morph(digit: torch.Tensor, thickness: str) -> torch.Tensor:
+def stroke(digit: torch.Tensor, thickness: str) -> torch.Tensor:
     """A 28 px digit [1, 1, 28, 28] in [0, 1] dilated (bold) or eroded (thin) by one pixel; an erosion that would
     remove more than 60 % of the ink keeps the digit as it is."""
     if thickness == "bold":
@@ -174,7 +174,7 @@ class CaptionedScenes:
 
     def _paste(self, canvas: torch.Tensor, digit: int, size: int, thickness: str, centre, rng) -> None:
         glyph = self.digits[rng.choice(self.by_class[digit])][None]
-        glyph = F.interpolate(_morph(glyph, thickness), size=(size, size), mode="area")[0, 0]
+        glyph = F.interpolate(stroke(glyph, thickness), size=(size, size), mode="area")[0, 0]
         y, x = (int(c - size // 2 + rng.integers(-JITTER, JITTER + 1)) for c in centre)
         y, x = min(max(y, 0), CANVAS - size), min(max(x, 0), CANVAS - size)
         torch.maximum(canvas[y:y + size, x:x + size], glyph, out=canvas[y:y + size, x:x + size])
