@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import Attention, TokenLayout
-from .dit import Mlp, PatchEmbed, TimestepEmbedder, sincos_2d
+from .dit import DiT, Mlp, PatchEmbed, TimestepEmbedder, sincos_2d
 from .stack import Branch, modulate, run_blocks
 
 
@@ -198,11 +198,7 @@ class PixArt(nn.Module):
         """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""
         return run_blocks(self.stack_blocks, tokens, c, self.token_layout(tokens.shape[1]))
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
-        p, ch = self.patch_size, self.out_channels
-        x = x.reshape(x.shape[0], h, w, p, p, ch)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], ch, h * p, w * p)
+    unpatchify = DiT.unpatchify                 # [N, T, p*p*C_out] -> [N, C_out, H, W], as DiT
 
     def head(self, tokens: torch.Tensor, c: TextConditioning) -> torch.Tensor:
         shift, scale = (self.final_table[None] + c.e[:, None]).unbind(1)
@@ -214,13 +210,27 @@ class PixArt(nn.Module):
         return self.head(self.run_stack(tokens, c), c)
 
 
-# ditkit key -> diffusers PixArtTransformer2DModel key (per block: the part after "blocks.{i}.")
+# ditkit tensor -> the diffusers PixArtTransformer2DModel tensors it holds (several: a fused projection, split in order)
 _GLOBAL = {"x_embedder.proj": "pos_embed.proj", "t_embedder.mlp.0": "adaln_single.emb.timestep_embedder.linear_1",
            "t_embedder.mlp.2": "adaln_single.emb.timestep_embedder.linear_2", "t_block.1": "adaln_single.linear",
            "y_embedder.fc1": "caption_projection.linear_1", "y_embedder.fc2": "caption_projection.linear_2",
            "final_linear": "proj_out"}
-_BLOCK = {"attn.proj": "attn1.to_out.0", "cross.q": "attn2.to_q", "cross.proj": "attn2.to_out.0",
-          "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}
+_BLOCK = {"attn.qkv": ("attn1.to_q", "attn1.to_k", "attn1.to_v"), "attn.proj": ("attn1.to_out.0",),
+          "cross.q": ("attn2.to_q",), "cross.kv": ("attn2.to_k", "attn2.to_v"), "cross.proj": ("attn2.to_out.0",),
+          "mlp.fc1": ("ff.net.0.proj",), "mlp.fc2": ("ff.net.2",)}
+
+
+def key_map(depth: int) -> list[tuple[str, tuple[str, ...]]]:
+    """(ditkit key, the diffusers keys it is made of) for every tensor of a PixArt of ``depth`` blocks."""
+    pairs = [("final_table", ("scale_shift_table",))]
+    for ours, theirs in _GLOBAL.items():
+        pairs += [(f"{ours}.{p}", (f"{theirs}.{p}",)) for p in ("weight", "bias")]
+    for i in range(depth):
+        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
+        pairs.append((f"{b}scale_shift_table", (f"{d}scale_shift_table",)))
+        for ours, theirs in _BLOCK.items():
+            pairs += [(f"{b}{ours}.{p}", tuple(f"{d}{t}.{p}" for t in theirs)) for p in ("weight", "bias")]
+    return pairs
 
 
 def to_diffusers(model: PixArt):
@@ -233,20 +243,7 @@ def to_diffusers(model: PixArt):
         sample_size=cfg.input_size, patch_size=cfg.patch_size, caption_channels=cfg.caption_channels,
         cross_attention_dim=cfg.hidden_size, interpolation_scale=1, use_additional_conditions=False)
     own = model.state_dict()
-    state = {}
-    for ours, theirs in _GLOBAL.items():
-        state[f"{theirs}.weight"], state[f"{theirs}.bias"] = own[f"{ours}.weight"], own[f"{ours}.bias"]
-    state["scale_shift_table"] = own["final_table"]
-    for i in range(cfg.depth):
-        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
-        for ours, theirs in _BLOCK.items():
-            state[f"{d}{theirs}.weight"], state[f"{d}{theirs}.bias"] = own[f"{b}{ours}.weight"], own[f"{b}{ours}.bias"]
-        for part, names in (("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
-                            ("cross.kv", ("attn2.to_k", "attn2.to_v"))):
-            for name, w, bias in zip(names, own[f"{b}{part}.weight"].chunk(len(names)),
-                                     own[f"{b}{part}.bias"].chunk(len(names))):
-                state[f"{d}{name}.weight"], state[f"{d}{name}.bias"] = w, bias
-        state[f"{d}scale_shift_table"] = own[f"{b}scale_shift_table"]
+    state = {t: part for ours, theirs in key_map(cfg.depth) for t, part in zip(theirs, own[ours].chunk(len(theirs)))}
     missing, unexpected = out.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("pos_embed.pos_embed")]
     if missing or unexpected:
@@ -270,18 +267,6 @@ def from_diffusers(transformer) -> PixArt:
                                 caption_channels=c.caption_channels,
                                 learn_sigma=c.out_channels == 2 * c.in_channels))
     theirs = transformer.state_dict()
-    state = {}
-    for ours, name in _GLOBAL.items():
-        state[f"{ours}.weight"], state[f"{ours}.bias"] = theirs[f"{name}.weight"], theirs[f"{name}.bias"]
-    state["final_table"] = theirs["scale_shift_table"]
-    for i in range(c.num_layers):
-        b, d = f"blocks.{i}.", f"transformer_blocks.{i}."
-        for ours, name in _BLOCK.items():
-            state[f"{b}{ours}.weight"], state[f"{b}{ours}.bias"] = theirs[f"{d}{name}.weight"], theirs[f"{d}{name}.bias"]
-        for part, names in (("attn.qkv", ("attn1.to_q", "attn1.to_k", "attn1.to_v")),
-                            ("cross.kv", ("attn2.to_k", "attn2.to_v"))):
-            state[f"{b}{part}.weight"] = torch.cat([theirs[f"{d}{n}.weight"] for n in names])
-            state[f"{b}{part}.bias"] = torch.cat([theirs[f"{d}{n}.bias"] for n in names])
-        state[f"{b}scale_shift_table"] = theirs[f"{d}scale_shift_table"]
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({ours: torch.cat([theirs[t] for t in names]) for ours, names in key_map(c.num_layers)},
+                          strict=True)
     return model.eval()
