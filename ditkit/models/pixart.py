@@ -154,12 +154,7 @@ class PixArt(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    @property
-    def stack_blocks(self) -> nn.ModuleList:
-        return self.blocks
-
-    def token_layout(self, num_tokens: int) -> TokenLayout:
-        return TokenLayout(1, *self.grid)
+    stack_blocks, token_layout = DiT.stack_blocks, DiT.token_layout      # the block list, one frame of tokens
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
         """x [N, C, H, W], t [N], text states [N, L, C_text], mask [N, L] -> tokens [N, T, D], c."""
