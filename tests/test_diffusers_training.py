@@ -97,13 +97,13 @@ def video_cfg(folder, *extra):
 
 def test_a_diffusers_video_class_trains_resumes_and_samples_through_the_adapter(tmp_path, monkeypatch):
     from pathlib import Path
-    from ditkit.core.configs import is_video_config
+    from ditkit.core.configs import config_kind
     from ditkit.pipelines.base import is_video_model
     from ditkit.pipelines.diffusers_dit import AdaptedVideo
     from ditkit.pipelines.video import VideoPipeline, video_condition
     from ditkit.training.video import train_video
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    assert is_video_config("configs/moving-mnist-wan.yaml")
+    assert config_kind("configs/moving-mnist-wan.yaml") == "video"
     full = train_video(video_cfg(tmp_path / "full", "train.steps=4"), progress=False)
     part = video_cfg(tmp_path / "part", "train.steps=4")
     train_video(part, progress=False, max_steps=2)

@@ -1,6 +1,7 @@
 """``ditkit eval``: sample a model and score it: class-conditional MNIST image models with ditkit's classifier
 (accuracy and Fréchet distance on its features, :mod:`ditkit.evaluation.evaluate`; ``--cfg-sweep`` over guidance
-scales), video models on a masked task of held-out Moving MNIST (``--task``, :mod:`ditkit.evaluation.video`)."""
+scales), video models on a masked task of held-out Moving MNIST (``--task``, :mod:`ditkit.evaluation.video`),
+text-to-image models on captioned-scene prompts (``--prompts``, :mod:`ditkit.evaluation.text`)."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,15 @@ from ..acceleration.recipes import check_recipe
 from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import (EVAL_CFG_SCALE, EVAL_GUIDANCE_INTERVAL, cfg_sweep, evaluate_pipeline, format_table,
                                    plot_cfg_sweep)
+from ..evaluation.text import HELDOUT_PROMPTS, TEXT_EVAL_CFG_SCALE, evaluate_prompts, read_prompts
 from ..evaluation.video import EVAL_TASKS, evaluate_video, metric_keys, plot_per_frame, save_examples
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.diffusers_dit import diffusers_folder_kind
+from ..core.visual import save_grid
+from ..pipelines.text import is_text_model
 from ..pipelines.video import VideoPipeline
-from .flags import (add_context_scale_arg, add_sampling_args, check_video_model_flags, guidance_interval,
-                    load_pipeline, positive_int, sampling_kwargs)
+from .flags import (add_context_scale_arg, add_sampling_args, add_text_args, check_text_flags,
+                    check_video_model_flags, guidance_interval, load_pipeline, positive_int, sampling_kwargs)
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -31,6 +35,36 @@ def run_image_eval(args) -> dict:
     print(f"ditkit eval: {args.model}, {s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}{interval}, "
           f"{result['num_samples']} samples in {result['seconds']:.1f} s")
     print(format_table(result))
+    return result
+
+
+TEXT_KEYS = ("digit", "position", "order", "size", "thickness", "prompt")
+
+
+def run_text_eval(args) -> dict:
+    """``ditkit eval`` for text-to-image models: each prompt of ``--prompts`` (default: the held-out set) sampled once
+    and scored against real renderings of the same prompts; examples grid next to --json (or ``--examples``)."""
+    prompts = read_prompts(args.prompts or HELDOUT_PROMPTS)[:args.num_samples]
+    pipe = load_pipeline(args).set_recipe(args.recipe)
+    sampling = sampling_kwargs(args)
+    seed = sampling.pop("seed")
+    result, images, real = evaluate_prompts(pipe, prompts, seed, not args.no_progress and os.isatty(2),
+                                            negative_prompt=args.negative_prompt, **sampling)
+    result = {"model": str(args.model), "recipe": str(pipe.recipe),
+              "prompts": str(args.prompts or HELDOUT_PROMPTS), **result}
+    s = result["sampling"]
+    print(f"ditkit eval: {args.model}, {len(prompts)} prompts, {s['sampler']} {s['num_sampling_steps']} steps, cfg "
+          f"{s['cfg_scale']:g}, {result['sampling_seconds']:.1f} s")
+    print(f"{'':10}" + "".join(f"{k:>11}" for k in TEXT_KEYS) + f"{'Fréchet':>11}")
+    for name, prefix, fd in (("model", "", "frechet_distance"), ("real", "real_", "frechet_distance_real_baseline")):
+        cells = [result[f"{prefix}{k}_accuracy"] for k in TEXT_KEYS] + [result[fd]]
+        print(f"{name:10}" + "".join(f"{'-':>11}" if v is None else f"{v:>11.3f}" for v in cells))
+    print(f"({result['metric']}, vs {result['reference']}; real: the same prompts drawn with held-out digits)")
+    examples = args.examples or (f"{Path(args.json).with_suffix('')}-examples.png" if args.json else None)
+    if examples:
+        k = min(16, len(prompts))
+        result["examples"] = str(save_grid(images[:k], examples, nrow=8, upscale=3, captions=prompts[:k]))
+        print(f"examples: {result['examples']}")
     return result
 
 
@@ -96,6 +130,8 @@ def check_args(args) -> None:
     if args.cfg_sweep and args.task:
         raise ValueError("--cfg-sweep evaluates image models; drop --task (or --cfg-sweep)")
     check_recipe(args.recipe)
+    if check_text_flags_for_eval(args):
+        return
     video = not diffusers_folder_kind(args.model) and is_video_model(resolve_model_path(args.model))
     if video:
         check_video_model_flags(args)
@@ -109,16 +145,46 @@ def check_args(args) -> None:
         raise ValueError(f"--task {args.task} scores video DiTs; {args.model} is an image DiT: drop --task")
     if args.examples:
         raise ValueError("--examples writes the example clips of a video --task evaluation; drop it for image models")
+    if args.prompts:
+        raise ValueError(f"--prompts scores text-to-image models; {args.model} is a class-conditional image DiT: drop "
+                         f"--prompts")
     if args.plot and not args.cfg_sweep:
         raise ValueError(f"--plot {args.plot} draws a --cfg-sweep for image models; add --cfg-sweep 1.0,1.25,1.5")
-    if args.num_samples < 2:
+    if args.num_samples is not None and args.num_samples < 2:
         raise ValueError(f"--num-samples {args.num_samples}: the Fréchet distance needs at least 2 samples (1000 "
                          f"recommended)")
 
 
+def check_text_flags_for_eval(args) -> bool:
+    """Whether ``--model`` is a text-to-image model (its flags checked; --prompts, not --prompt)."""
+    text = not diffusers_folder_kind(args.model) and is_text_model(args.model)
+    if not text:
+        args.prompt = args.prompts_file = None
+        check_text_flags(args)
+        return False
+    if args.task or args.cfg_sweep:
+        raise ValueError(f"{args.model} is a text-to-image model: drop {'--task' if args.task else '--cfg-sweep'} "
+                         f"(it is scored on --prompts)")
+    if args.plot:
+        raise ValueError(f"--plot applies to --cfg-sweep and video --task evaluations; drop it for {args.model}")
+    args.prompts_file, args.prompt = args.prompts or HELDOUT_PROMPTS, None
+    check_text_flags(args)
+    read_prompts(args.prompts_file)
+    return True
+
+
 def run(args):
     check_args(args)
-    if args.cfg_sweep:
+    text = is_text_model(args.model) and not diffusers_folder_kind(args.model)
+    if args.cfg_scale is None:
+        args.cfg_scale = TEXT_EVAL_CFG_SCALE if text else EVAL_CFG_SCALE
+    if args.guidance_interval is None and not text:
+        args.guidance_interval = list(EVAL_GUIDANCE_INTERVAL)
+    if args.num_samples is None:
+        args.num_samples = 10 ** 9 if text else 1000
+    if text:
+        result = run_text_eval(args)
+    elif args.cfg_sweep:
         result = run_cfg_sweep(args)
     elif args.task:
         result = run_video_eval(args)
@@ -130,10 +196,18 @@ def run(args):
 
 def register(sub):
     p = sub.add_parser("eval", help="sample a model and score it (MNIST: classifier accuracy and Fréchet distance on "
-                                    "ditkit's MNIST-classifier features)")
-    add_sampling_args(p, default_cfg=EVAL_CFG_SCALE, default_interval=EVAL_GUIDANCE_INTERVAL)
+                                    "ditkit's MNIST-classifier features)",
+                       description="Defaults: image models --cfg-scale 1.5 --guidance-interval 0 0.6; text-to-image "
+                                   f"models --cfg-scale {TEXT_EVAL_CFG_SCALE:g}, no interval.")
+    add_sampling_args(p, default_cfg=None)
+    p.set_defaults(fn=run)
     p.add_argument("--recipe", help="score the model with this acceleration recipe applied, e.g. fora:interval=3")
-    p.add_argument("--num-samples", type=positive_int, default=1000, help="class-balanced samples to generate (label i %% 10)")
+    p.add_argument("--num-samples", type=positive_int, default=None,
+                   help="class-balanced samples to generate (label i %% 10; default 1000); text models: the first N "
+                        "prompts (default all)")
+    p.add_argument("--prompts", metavar="FILE", help="text-to-image models: one caption per line of the scene grammar "
+                                                     "(default: the bundled held-out prompt set)")
+    add_text_args(p, prompts=False)
     p.add_argument("--json", help="also write all results to this JSON file (a video --task evaluation also writes "
                                   "its per-frame plot and example clips next to it: NAME-per-frame.png, "
                                   "NAME-examples.png)")
@@ -146,5 +220,5 @@ def register(sub):
                                        "(same seeds) and report the one with the lowest Fréchet distance")
     p.add_argument("--plot", help="--cfg-sweep: Fréchet distance and accuracy against the scale; video --task: each "
                                   "metric per generated frame (.png, .pdf or .svg)")
-    p.add_argument("--examples", help="video --task: the first clips as rows truth / model / baseline (.png)")
-    p.set_defaults(fn=run)
+    p.add_argument("--examples", help="video --task: the first clips as rows truth / model / baseline; text models: "
+                                      "the first 16 samples captioned (.png)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
@@ -14,6 +15,7 @@ from ..models.dit import DIT_CONFIGS
 from ..parallel.mesh import ParallelConfig, distributed_env, process_device
 from ..pipelines.base import is_video_model
 from ..pipelines.image import DiTPipeline
+from ..pipelines.text import TextPipeline, is_text_model, read_prompts_file
 
 IMAGE_FLAGS = {"model_name": "--model-name", "vae": "--vae", "dit_cfg": "--dit-cfg"}
 VIDEO_FLAGS = {"task": "--task", "canvas": "--canvas", "num_frames": "--num-frames", "label": "--label",
@@ -133,13 +135,61 @@ def sampling_kwargs(args) -> dict:
     """The image pipeline's sampling keyword arguments from the flags of :func:`add_sampling_args`."""
     return dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
                 seed=args.seed, eta=args.eta, guidance_interval=guidance_interval(args.guidance_interval),
-                guide_channels=3 if getattr(args, "dit_cfg", False) else None, batch_size=args.batch_size)
+                batch_size=args.batch_size, **({"guide_channels": 3} if getattr(args, "dit_cfg", False) else {}))
 
 
-def load_pipeline(args) -> DiTPipeline:
-    """The image pipeline of ``--model`` (with ``--vae`` and ``--model-name`` for official checkpoints)."""
+def load_pipeline(args) -> DiTPipeline | TextPipeline:
+    """The image pipeline of ``--model`` (with ``--vae`` and ``--model-name`` for official checkpoints), or the
+    text-to-image pipeline of a text model (with ``--text-encoder``)."""
+    if is_text_model(args.model):
+        return TextPipeline.from_pretrained(args.model, args.device, getattr(args, "text_encoder", None))
     return DiTPipeline.from_pretrained(args.model, args.device, autoencoder=args.vae,
                                        model_name=args.model_name or "DiT-XL/2")
+
+
+def add_text_args(p, prompts: bool = True):
+    """The flags of text-to-image models (diffusers' names); ``prompts``: also --prompt and --prompts-file."""
+    g = p.add_argument_group("text-to-image models")
+    if prompts:
+        g.add_argument("--prompt", nargs="+", metavar="TEXT",
+                       help="one or more prompts, e.g. \"a bold 7 at the top left\"")
+        g.add_argument("--prompts-file", metavar="FILE", help="prompts, one per line (blank lines and # lines skipped)")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="what guidance steers away from (default: the empty caption)")
+    g.add_argument("--text-encoder", metavar="PATH",
+                   help="local transformers text-encoder folder (with its tokenizer) for a model trained on one")
+
+
+def check_text_flags(args) -> bool:
+    """Whether ``--model`` is a text-to-image model, its flags checked before anything loads: prompts from exactly
+    one of --prompt / --prompts-file, no image-DiT flags; for other models, no prompt flags."""
+    text = is_text_model(args.model)
+    given = [flag for dest, flag in (("prompt", "--prompt"), ("prompts_file", "--prompts-file"),
+                                     ("negative_prompt", "--negative-prompt"), ("text_encoder", "--text-encoder"))
+             if getattr(args, dest, None) is not None]
+    if not text:
+        if given:
+            raise ValueError(f"{given[0]} applies to text-to-image models; {args.model} is not one: drop {given[0]} "
+                             f"(text-to-image: e.g. --model mnist-t2i)")
+        return False
+    for dest, flag in IMAGE_FLAGS.items():
+        if getattr(args, dest, None) not in (None, False):
+            raise ValueError(f"{flag} applies to class-conditional image DiTs; {args.model} is a text-to-image model: "
+                             f"drop {flag}")
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise ValueError(f"{args.model} is a text-to-image model: give --prompt TEXT [TEXT ...] or --prompts-file "
+                         f"FILE (one of them)")
+    if args.prompts_file is not None:
+        read_prompts_file(args.prompts_file)
+    if args.text_encoder is not None and not (Path(args.text_encoder) / "config.json").is_file():
+        raise FileNotFoundError(f"--text-encoder {args.text_encoder}: not a transformers model folder (no "
+                                f"config.json); give a local folder saved with save_pretrained")
+    return True
+
+
+def prompts_of(args) -> list[str]:
+    """The prompts of --prompt or --prompts-file."""
+    return list(args.prompt) if args.prompt is not None else read_prompts_file(args.prompts_file)
 
 
 def check_video_model_flags(args) -> None:
@@ -196,7 +246,6 @@ def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | Video
     pipe, native = video_pipeline_on_canvas(args.model, args.device, args.canvas, args.num_frames)
     if args.task == "story" and args.label is not None:
         raise ValueError("task 'story' follows each clip's own per-frame labels: drop --label")
-    sampling.pop("guide_channels")
     sampling.update(sampler=args.sampler or pipe.default_sampler,
                     cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale, context_scale=args.context_scale)
     return pipe, video_task(pipe, num_samples, seed, sampling, args.task or "predict", args.label, args.given_frames,

@@ -6,28 +6,31 @@ import time
 import yaml
 
 from ..core.config import load_config, to_dict
-from ..core.configs import TrainConfig, VideoTrainConfig, is_video_config
+from ..core.configs import TextTrainConfig, TrainConfig, VideoTrainConfig, config_kind
+from ..training.text import train_text
 from ..training.trainer import train
 from ..training.video import train_video
 from .flags import add_threads_arg, positive_int
 
 
 def run(args):
-    video = is_video_config(args.config)
-    cfg = load_config(VideoTrainConfig if video else TrainConfig, args.config, args.set)
+    kind = config_kind(args.config)
+    schema, trainer = {"image": (TrainConfig, train), "video": (VideoTrainConfig, train_video),
+                       "text": (TextTrainConfig, train_text)}[kind]
+    cfg = load_config(schema, args.config, args.set)
     if args.threads:
         cfg.train.num_threads = args.threads
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return
     t0 = time.time()
-    out = (train_video if video else train)(cfg, resume=args.resume, progress=False if args.no_progress else None,
-                                            max_steps=args.max_steps, overwrite=args.overwrite)
+    out = trainer(cfg, resume=args.resume, progress=False if args.no_progress else None,
+                  max_steps=args.max_steps, overwrite=args.overwrite)
     print(f"wrote {out} ({time.time() - t0:.1f} s)")
 
 
 def register(sub):
-    t = sub.add_parser("train", help="train a DiT (or a VideoDiT: model.name VideoDiT-...) from a config file")
+    t = sub.add_parser("train", help="train a DiT, a VideoDiT (model.name VideoDiT-...) or a text-to-image PixArt (model.name PixArt) from a config file")
     t.add_argument("--config", required=True, help="YAML config (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")

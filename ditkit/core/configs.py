@@ -245,11 +245,88 @@ class VideoTrainConfig:
                              f"model.num_frames={d.num_frames}")
 
 
-def is_video_config(path: str | None) -> bool:
-    """Whether a config file describes a video model: its model.name starts with 'VideoDiT', or it has a video data
-    section (num_frames)."""
+@dataclass
+class TextModelSection:
+    name: str = "PixArt"             # a PixArt-alpha-style DiT (cross-attention to text, adaLN-single)
+    input_size: int = 40
+    patch_size: int = 4
+    in_channels: int = 1
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    learn_sigma: bool = False
+    caption_dropout_prob: float = 0.1    # captions replaced by the empty caption (classifier-free guidance)
+    init_from: str | None = None     # image DiT of the same width to start from: bundled name, file or results folder
+
+    def validate(self, where: str = "model") -> None:
+        _check(self.name == "PixArt", f"{where}.name", self.name, "PixArt", "the text-to-image model is PixArt-style")
+        for key in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
+            _at_least(self, key, 1, where)
+        _check(self.input_size % self.patch_size == 0, f"{where}.input_size", self.input_size,
+               f"a multiple of {where}.patch_size={self.patch_size}")
+        _check(self.hidden_size % self.num_heads == 0, f"{where}.hidden_size", self.hidden_size,
+               f"a multiple of {where}.num_heads={self.num_heads}")
+        _in_unit(self, "caption_dropout_prob", where, high_open=True)
+
+
+@dataclass
+class TextEncoderSection:
+    kind: str = "small"              # small: a word-level encoder trained with the model | transformers: a local folder
+    path: str | None = None          # transformers: a local encoder folder (T5, UMT5, CLIP text, ...) with its tokenizer
+    dim: int = 128                   # small: width, blocks, heads
+    depth: int = 2
+    num_heads: int = 4
+    max_length: int = 24             # text tokens (prompts are padded or cut to this)
+
+    def validate(self, where: str = "text_encoder") -> None:
+        _one_of(self, "kind", ("small", "transformers"), where)
+        _check(self.kind != "transformers" or bool(self.path), f"{where}.path", self.path,
+               f"set for {where}.kind=transformers", "give a local transformers encoder folder (save_pretrained)")
+        for key in ("dim", "depth", "num_heads", "max_length"):
+            _at_least(self, key, 1, where)
+        _check(self.dim % self.num_heads == 0, f"{where}.dim", self.dim, f"a multiple of {where}.num_heads")
+
+
+@dataclass
+class SceneDataSection:
+    name: str = "mnist-scenes"       # captioned MNIST scenes (ditkit.data.scenes), 40 x 40
+    pairs: float = 0.3               # fraction of two-digit scenes
+    omit: float = 0.25               # probability that a caption leaves out each attribute of a one-digit scene
+
+    def validate(self, where: str = "data") -> None:
+        _one_of(self, "name", ("mnist-scenes",), where)
+        _in_unit(self, "pairs", where)
+        _in_unit(self, "omit", where)
+
+
+@dataclass
+class TextTrainConfig:
+    model: TextModelSection = field(default_factory=TextModelSection)
+    text_encoder: TextEncoderSection = field(default_factory=TextEncoderSection)
+    diffusion: DiffusionSection = field(default_factory=lambda: DiffusionSection(objective="flow",
+                                                                                 timestep_scale=1000.0))
+    data: SceneDataSection = field(default_factory=SceneDataSection)
+    train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/mnist-t2i"))
+
+    def validate(self) -> None:
+        """Every key's range and the keys that must agree; a ValueError names the key, its value and the fix."""
+        self.model.validate()
+        self.text_encoder.validate()
+        self.diffusion.validate(self.model.learn_sigma)
+        self.data.validate()
+        self.train.validate()
+        _check((self.model.in_channels, self.model.input_size) == (1, 40), "model.input_size", self.model.input_size,
+               "40 with model.in_channels=1 for mnist-scenes (40 x 40 grey canvases)")
+
+
+def config_kind(path: str | None) -> str:
+    """'text', 'video' or 'image': the model a training config file describes (its model.name: PixArt,
+    VideoDiT-..., or a DiT; a video data section with num_frames also makes it video)."""
     if path is None or not Path(path).is_file():
-        return False
+        return "image"
     data = yaml.safe_load(Path(path).read_text()) or {}
     model = data.get("model") or {}
-    return str(model.get("name", "")).startswith("VideoDiT") or "num_frames" in model
+    if str(model.get("name", "")).startswith("PixArt") or "text_encoder" in data:
+        return "text"
+    return "video" if str(model.get("name", "")).startswith("VideoDiT") or "num_frames" in model else "image"

@@ -172,12 +172,17 @@ class CaptionedScenes:
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(10)]
         self.split, self.pairs, self.omit, self.seed = split, pairs, omit, seed
 
-    def _paste(self, canvas: torch.Tensor, digit: int, size: int, thickness: str, centre, rng) -> None:
-        glyph = self.digits[rng.choice(self.by_class[digit])][None]
-        glyph = F.interpolate(stroke(glyph, thickness), size=(size, size), mode="area")[0, 0]
-        y, x = (int(c - size // 2 + rng.integers(-JITTER, JITTER + 1)) for c in centre)
-        y, x = min(max(y, 0), CANVAS - size), min(max(x, 0), CANVAS - size)
-        torch.maximum(canvas[y:y + size, x:x + size], glyph, out=canvas[y:y + size, x:x + size])
+    def _place(self, scene: Scene, rng: np.random.Generator) -> list[tuple[int, int, str, int, int]]:
+        """Every random draw of drawing ``scene`` (every attribute set): per digit (glyph index, size in px,
+        thickness, top, left)."""
+        placed = []
+        centres = [POSITIONS[scene.digits[0].position]] if scene.relation is None else PAIR_CENTRES[scene.relation]
+        for d, centre in zip(scene.digits, centres):
+            size = PAIR_SIZE if scene.relation else SIZES[d.size]
+            glyph = int(rng.choice(self.by_class[d.digit]))
+            y, x = (int(c - size // 2 + rng.integers(-JITTER, JITTER + 1)) for c in centre)
+            placed.append((glyph, size, d.thickness, min(max(y, 0), CANVAS - size), min(max(x, 0), CANVAS - size)))
+        return placed
 
     def drawn(self, index: int) -> Scene:
         """The scene ``index`` draws, every attribute set."""
@@ -190,20 +195,46 @@ class CaptionedScenes:
         return Scene((Digit(int(rng.integers(10)), str(rng.choice(list(SIZES))), str(rng.choice(THICKNESSES)),
                             str(rng.choice(list(POSITIONS)))),))
 
+    def draw(self, scene: Scene, rng: np.random.Generator) -> torch.Tensor:
+        """A canvas [H, W] in [0, 1] with ``scene`` (every attribute set) drawn with glyphs of this split."""
+        canvas = torch.zeros(CANVAS, CANVAS)
+        for glyph, size, thickness, y, x in self._place(scene, rng):
+            ink = F.interpolate(stroke(self.digits[glyph][None], thickness), size=(size, size), mode="area")[0, 0]
+            torch.maximum(canvas[y:y + size, x:x + size], ink, out=canvas[y:y + size, x:x + size])
+        return canvas
+
     def scene(self, index: int) -> tuple[torch.Tensor, str, Scene]:
         drawn = self.drawn(index)
         rng = np.random.default_rng([self.seed, index, 1])
-        canvas = torch.zeros(CANVAS, CANVAS)
+        canvas = self.draw(drawn, rng)
+        return canvas * 2 - 1, self._caption(drawn, rng), drawn
+
+    def caption(self, index: int) -> str:
+        """The caption of scene ``index`` without drawing it (the same random draws)."""
+        drawn = self.drawn(index)
+        rng = np.random.default_rng([self.seed, index, 1])
+        self._place(drawn, rng)
+        return self._caption(drawn, rng)
+
+    def _caption(self, drawn: Scene, rng: np.random.Generator) -> str:
         if drawn.relation is None:
             d = drawn.digits[0]
-            self._paste(canvas, d.digit, SIZES[d.size], d.thickness, POSITIONS[d.position], rng)
-            named = replace(d, **{k: None for k in ("size", "thickness", "position") if rng.random() < self.omit})
-            told = Scene((named,))
+            told = Scene((replace(d, **{k: None for k in ("size", "thickness", "position") if rng.random() < self.omit}),))
         else:
-            for d, centre in zip(drawn.digits, PAIR_CENTRES[drawn.relation]):
-                self._paste(canvas, d.digit, PAIR_SIZE, d.thickness, centre, rng)
             told = Scene(tuple(Digit(d.digit) for d in drawn.digits), drawn.relation)
-        return canvas * 2 - 1, caption(told, rng), drawn
+        return caption(told, rng)
+
+    def render(self, text: str, index: int) -> torch.Tensor:
+        """A real image [H, W] in [-1, 1] of what caption ``text`` asks (:func:`parse_caption`), the attributes it
+        leaves open drawn at random: a pure function of (seed, index, caption); the real baseline of an evaluation."""
+        asked = parse_caption(text)
+        rng = np.random.default_rng([self.seed, index, 2])
+        pick = lambda value, options: value if value is not None else str(rng.choice(list(options)))
+        digits = tuple(replace(d, size=None if asked.relation else pick(d.size, SIZES),
+                               thickness=pick(d.thickness, THICKNESSES),
+                               position=None if asked.relation else pick(d.position, POSITIONS))
+                       for d in asked.digits)
+        return self.draw(Scene(digits, asked.relation), rng) * 2 - 1
 
     def get(self, indices) -> tuple[torch.Tensor, list[str]]:
         images = torch.empty(len(indices), 1, CANVAS, CANVAS)

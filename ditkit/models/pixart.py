@@ -265,3 +265,50 @@ def from_diffusers(transformer) -> PixArt:
     model.load_state_dict({ours: torch.cat([theirs[t] for t in names]) for ours, names in key_map(c.num_layers)},
                           strict=True)
     return model.eval()
+
+
+@torch.no_grad()
+def init_from_dit(model: PixArt, dit: DiT, t_ref: float = 500.0) -> PixArt:
+    """Start ``model`` from a class-conditional DiT of the same width, depth, heads and patch, as PixArt-alpha started
+    from an ImageNet DiT: patch embedding, timestep embedder, self-attention, MLP and output linear are copied; the
+    shared adaLN-single layer takes block 0's modulation layer, and each block's table (and the final one) is set so
+    that at timestep ``t_ref`` (network units) with the null class the modulation equals the DiT's (PixArt's
+    re-parameterisation). Cross-attention stays at its zero-output initialisation, so the start is the DiT's
+    unconditional model at t_ref."""
+    c, d = model.config, dit.config
+    if (c.hidden_size, c.depth, c.num_heads, c.patch_size, c.in_channels, c.out_channels) != \
+            (d.hidden_size, d.depth, d.num_heads, d.patch_size, d.in_channels, d.out_channels):
+        raise ValueError(f"model.init_from needs a DiT of the same width, depth, heads, patch and channels: this PixArt "
+                         f"has ({c.hidden_size}, {c.depth}, {c.num_heads}, {c.patch_size}, {c.in_channels}), the DiT "
+                         f"({d.hidden_size}, {d.depth}, {d.num_heads}, {d.patch_size}, {d.in_channels})")
+    model.x_embedder.load_state_dict(dit.x_embedder.state_dict())
+    model.t_embedder.load_state_dict(dit.t_embedder.state_dict())
+    model.final_linear.load_state_dict(dit.final_layer.linear.state_dict())
+    model.t_block[1].load_state_dict(dit.blocks[0].adaLN_modulation[1].state_dict())
+    e = dit.t_embedder(torch.tensor([t_ref]))                                   # [1, D]
+    cond = e + dit.y_embedder.embedding_table.weight[-1:]                       # the null class
+    shared = model.t_block(e).view(6, -1)
+    for ours, theirs in zip(model.blocks, dit.blocks):
+        ours.attn.load_state_dict(theirs.attn.state_dict())
+        ours.mlp.load_state_dict(theirs.mlp.state_dict())
+        ours.scale_shift_table.copy_(theirs.adaLN_modulation(cond).view(6, -1) - shared)
+    model.final_table.copy_(dit.final_layer.adaLN_modulation(cond).view(2, -1) - e)
+    return model
+
+
+class TextToImage(nn.Module):
+    """A PixArt and the text encoder it is trained with, as one module: ``forward(x, t, text, mask)`` takes token ids
+    [N, L] when it owns a trainable encoder (:class:`~ditkit.models.text.SmallTextEncoder`), or text states
+    [N, L, C_text] from a frozen external one (``text_encoder`` None). Its state dict (``transformer.*``,
+    ``text_encoder.*``) is the layout of a ditkit text-to-image model file."""
+
+    format_name = PixArt.format_name
+
+    def __init__(self, transformer: PixArt, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.transformer, self.text_encoder = transformer, text_encoder
+        self.config, self.grid = transformer.config, transformer.grid
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = text if self.text_encoder is None else self.text_encoder(text, mask)
+        return self.transformer(x, t, states, mask)

@@ -62,7 +62,9 @@ FORMAT_COMMANDS = {DiT.format_name: "it is an image DiT: sample it with `ditkit 
                    VideoDiT.format_name: "it is a video DiT: sample it with `ditkit generate-video --task ...` "
                                          "(scores: `ditkit eval --task ...`)",
                    DIFFUSERS_FORMAT: "it is a diffusers transformer trained by ditkit: sample its "
-                                                   "diffusers folder, <results folder>/diffusers"}
+                                                   "diffusers folder, <results folder>/diffusers",
+                   "ditkit-pixart": "it is a text-to-image model: sample it with `ditkit generate --prompt ...` "
+                                    "(scores: `ditkit eval --prompts FILE`)"}
 
 
 def load_ditkit_model(path: Path, model_cls, config_cls, device="cpu") -> tuple:

@@ -22,6 +22,7 @@ from ..models.interop.official import load_official_checkpoint
 from .base import Pipeline, is_video_model, load_ditkit_model, resolve_model_path
 from .build import build_process
 from .diffusers_dit import diffusers_folder_kind, load_diffusers_dit
+from .text import TextPipeline, is_text_model
 from .video import VideoPipeline
 
 
@@ -104,10 +105,14 @@ class DiTPipeline(Pipeline):
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
     """A bundled name, model file or diffusers DiT folder -> its pipeline: a VideoPipeline for a ditkit video DiT,
-    else a DiTPipeline."""
+    a TextPipeline for a text-to-image model, else a DiTPipeline."""
     if diffusers_folder_kind(name_or_path):
         return DiTPipeline.from_pretrained(name_or_path, device, autoencoder)
     path = resolve_model_path(name_or_path)
+    if is_text_model(path):
+        if autoencoder is not None:
+            raise ValueError("text-to-image pipelines take no autoencoder (ditkit's PixArt runs in pixel space)")
+        return TextPipeline.from_pretrained(path, device)
     if is_video_model(path):
         if autoencoder is not None:
             raise ValueError("video pipelines take no autoencoder (ditkit's video DiTs run in pixel space)")

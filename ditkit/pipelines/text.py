@@ -1,6 +1,6 @@
 """Text-to-image generation: a PixArt model, its text encoder and its diffusion process behind one callable.
 
-    pipe = TextPipeline(model, process, encoder)
+    pipe = TextPipeline.from_pretrained("mnist-t2i")        # or ditkit.load("mnist-t2i")
     images = pipe(prompt=["a bold 7 at the top left", "3 above 8"], negative_prompt="a thin 7", cfg_scale=4.5)
     # images: [2, C, H, W] in [-1, 1]; sample i uses seed + i whatever the batch size
 
@@ -11,13 +11,70 @@ values once per generation.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..core import checkpoint as ckpt
+from ..core.config import from_dict
+from ..core.configs import TextTrainConfig
 from ..diffusion.guidance import GuidedModel
 from ..diffusion.samplers import NoiseSource
-from .base import Pipeline
+from ..models.pixart import PixArt, PixArtConfig
+from ..models.text import SmallTextEncoder, TransformersTextEncoder, WordTokenizer
+from .base import Pipeline, resolve_model_path
+from .build import build_process
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts, one per line of a text file (blank lines and lines starting with # skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path}: no such file; give a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text().splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompt: give one prompt per line")
+    return prompts
+
+
+def is_text_model(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` (bundled name, file, results folder) is a ditkit text-to-image (PixArt) file."""
+    try:
+        path = resolve_model_path(name_or_path)
+    except FileNotFoundError:
+        return False
+    return path.suffix == ".safetensors" and ckpt.read_metadata(path).get("format") == PixArt.format_name
+
+
+def load_text_model(name_or_path: str | Path, device="cpu", text_encoder: str | Path | None = None) -> tuple:
+    """A ditkit text-to-image file -> (PixArt in eval mode, its text encoder, metadata). The small encoder trained
+    with the model is rebuilt from the file (weights and tokenizer); a model trained on a transformers encoder loads
+    it from the folder recorded at training, or from ``text_encoder`` (a local folder) when given."""
+    path = resolve_model_path(name_or_path)
+    meta = ckpt.read_metadata(path)
+    if meta.get("format") != PixArt.format_name:
+        raise ValueError(f"{path} is not a ditkit text-to-image model (metadata format {meta.get('format')!r}): "
+                         f"give a model trained with a PixArt config, e.g. --model mnist-t2i")
+    weights = ckpt.load_weights(path)
+    model = PixArt(PixArtConfig(**meta["dit_config"]))
+    ckpt.load_state_dict_strict(model, {k[len("transformer."):]: v for k, v in weights.items()
+                                        if k.startswith("transformer.")}, str(path))
+    spec = meta["text_encoder"]
+    if spec["kind"] == "small" and text_encoder is None:
+        encoder = SmallTextEncoder(WordTokenizer.from_dict(spec["tokenizer"]), spec["dim"], spec["depth"],
+                                   spec["num_heads"], spec["max_length"])
+        ckpt.load_state_dict_strict(encoder, {k[len("text_encoder."):]: v for k, v in weights.items()
+                                              if k.startswith("text_encoder.")}, str(path))
+        encoder = encoder.to(device).eval().requires_grad_(False)
+    else:
+        folder = text_encoder or spec["path"]
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{path} reads text states from the transformers encoder {folder}, which is not "
+                                    f"here: give its local folder with --text-encoder PATH")
+        encoder = TransformersTextEncoder(folder, device, spec["max_length"])
+    return model.to(device).eval(), encoder, meta
 
 
 class TextPipeline(Pipeline):
@@ -27,6 +84,15 @@ class TextPipeline(Pipeline):
             raise ValueError(f"the text encoder makes {encoder.dim}-wide states but the model reads "
                              f"{model.config.caption_channels}: give the encoder the model was trained with")
         self.encoder = encoder
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device="cpu",
+                        text_encoder: str | Path | None = None) -> "TextPipeline":
+        """A ditkit text-to-image model file (bundled name, file or results folder) with its text encoder
+        (:func:`load_text_model`)."""
+        model, encoder, meta = load_text_model(name_or_path, device, text_encoder)
+        cfg = from_dict(TextTrainConfig, meta["train_config"])
+        return cls(model, build_process(cfg.diffusion, model.config.learn_sigma), encoder, meta)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> text states [N, L, C_text] and mask [N, L] on the model's device."""

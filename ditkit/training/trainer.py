@@ -240,8 +240,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def model_metadata(cfg: TrainConfig, model, step: int, extra: dict | None = None) -> dict:
+    """What a model file says about itself: format, architecture, training config, step, and what the model adds
+    (``model.file_metadata``: a text model's tokenizer and encoder)."""
     return {"format": model.format_name, "dit_config": model.config.to_dict(),
-            "train_config": to_dict(cfg), "step": step,
+            "train_config": to_dict(cfg), "step": step, **getattr(model, "file_metadata", {}),
             **(extra or {})}
 
 
@@ -300,13 +302,13 @@ def load_training_checkpoint(path: Path, model, ema, opt, sched, sharded_model: 
     return int(state["step"])
 
 
-def prepare_training(cfg, resume: str | None, overwrite: bool, dit_name: str) -> Path | None:
-    """Everything checked before any work: the config, the patch size of DiT ``dit_name`` (pixel space) or the
-    autoencoder folder, the results folder, the checkpoint to resume (returned). Applies ``train.num_threads``."""
+def prepare_training(cfg, resume: str | None, overwrite: bool, dit_name: str | None) -> Path | None:
+    """Everything checked before any work: the config, the patch size of DiT ``dit_name`` (pixel space; None: the
+    config checks its own) or the autoencoder folder, the results folder, the checkpoint to resume (returned). Applies ``train.num_threads``."""
     cfg.validate()
     if getattr(cfg.model, "autoencoder", None):
         check_autoencoder_folder(cfg.model.autoencoder)
-    elif not getattr(cfg.model, "diffusers_class", None):
+    elif dit_name and not getattr(cfg.model, "diffusers_class", None):
         _patch_size(dit_name, cfg.model.input_size)
     check_results_dir(cfg.train.results_dir, resume, overwrite)
     path = resume_checkpoint(cfg.train.results_dir, resume, cfg.train.steps)

@@ -1,0 +1,54 @@
+"""Write the default held-out prompt set of ``ditkit eval --prompts`` (ditkit/assets/mnist-scene-prompts.txt):
+captions of held-out scenes (split 'heldout', scene seed 1) that occur nowhere among the captions a training config
+draws (every scene of ``train.steps x train.global_batch_size``, as ``ditkit.training.text`` draws them), distinct.
+
+    python scripts/make_scene_prompts.py --config configs/mnist-t2i.yaml --num-prompts 300
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ditkit.core.config import load_config
+from ditkit.core.configs import TextTrainConfig
+from ditkit.core.outputs import write_text
+from ditkit.data.scenes import CaptionedScenes
+from ditkit.evaluation.text import HELDOUT_PROMPTS
+
+SEED = 1
+
+
+def training_captions(cfg: TextTrainConfig) -> set[str]:
+    """Every caption of the scenes a run of ``cfg`` trains on."""
+    scenes = CaptionedScenes("train", cfg.data.pairs, cfg.data.omit, seed=cfg.train.seed)
+    total = cfg.train.steps * cfg.train.global_batch_size
+    return {scenes.caption(i) for i in tqdm(range(total), desc="training captions", mininterval=5)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/mnist-t2i.yaml")
+    p.add_argument("--num-prompts", type=int, default=300)
+    p.add_argument("--out", default=str(HELDOUT_PROMPTS))
+    args = p.parse_args(argv)
+    cfg = load_config(TextTrainConfig, args.config, [])
+    seen = training_captions(cfg)
+    held = CaptionedScenes("heldout", cfg.data.pairs, cfg.data.omit, seed=SEED)
+    prompts: list[str] = []
+    index = 0
+    while len(prompts) < args.num_prompts:
+        text = held.caption(index)
+        if text not in seen and text not in prompts:
+            prompts.append(text)
+        index += 1
+    header = (f"# {len(prompts)} held-out prompts of captioned MNIST scenes, none among the {len(seen)} distinct "
+              f"captions of the {cfg.train.steps * cfg.train.global_batch_size} training scenes of {args.config} "
+              f"(held-out scenes 0..{index - 1}, seed {SEED}); written by scripts/make_scene_prompts.py\n")
+    print(f"wrote {write_text(args.out, header + ''.join(p + chr(10) for p in prompts))} ({index} held-out scenes "
+          f"drawn, {len(seen)} distinct training captions)")
+
+
+if __name__ == "__main__":
+    main()
