@@ -7,7 +7,6 @@ draws (every scene of ``train.steps x train.global_batch_size``, as ``ditkit.tra
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tqdm import tqdm
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -109,16 +110,29 @@ def test_log_file_gets_plain_progress_lines(tmp_path):
     assert "loss" in lines[-1] and "ETA" in lines[-1] and "\r" not in result.stdout
 
 
+def _terminal_sigint():
+    """In the child: SIGINT as a terminal's Ctrl-C finds it (default action, not blocked), whatever this test
+    process inherited or set (an ignored or blocked SIGINT is inherited through exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_says_where_to_resume(tmp_path):
     run = tmp_path / "run"
     args = [str(a) for a in train_args(run, steps=100000)]
     proc = subprocess.Popen([sys.executable, "-m", "ditkit.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_terminal_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints/0000002").is_dir():
         time.sleep(0.2)
+    status = Path(f"/proc/{proc.pid}/status")
+    signals = [line for line in status.read_text().splitlines() if line.startswith("Sig")] if status.exists() else []
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the training process did not stop on SIGINT; its signal state: {signals}") from None
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume auto" in err and "the latest checkpoint is" in err
     resumed = run_cli(*train_args(run, steps=checkpoint_steps(run)[-1] + 1), "--resume", "auto")[0]

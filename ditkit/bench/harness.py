@@ -279,18 +279,20 @@ def _fmt(v, spec: str, none: str = "-") -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as a markdown table (a "PSNR vs native" column when rows ran through an adapter too)."""
+    """The rows as a markdown table (a "PSNR vs native" column when rows ran through an adapter too; prompt accuracy
+    in place of class accuracy for text-to-image rows)."""
     native = any("psnr_vs_native" in r for r in rows)
+    accuracy = "prompt_accuracy" if rows and "prompt_accuracy" in rows[0] else "class_accuracy"
     db = lambda v: "-" if v is None else ">= 100" if v >= PSNR_CAP else format(v, ".2f")
     head = ("| recipe | impl | speedup | CPU-time speedup | compute ratio | blocks | GFLOPs | peak MB | seconds "
-            "| PSNR dB | SSIM | class acc % | Fréchet dist. |" + " PSNR vs native dB |" * native)
+            f"| PSNR dB | SSIM | {accuracy.split('_')[0]} acc % | Fréchet dist. |" + " PSNR vs native dB |" * native)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| `{r['recipe']}` | {r['impl']} | {r['speedup']:.2f}x | {r['cpu_speedup']:.2f}x | "
                      f"{r['compute_ratio']:.2f}x | "
                      f"{r['blocks']:.0f} | {r['flops'] / 1e9:.1f} | {r['peak_memory_mb']:.1f} | {r['seconds']:.2f} | "
                      f"{db(r['psnr'])} | {r['ssim']:.4f} | "
-                     f"{_fmt(r['class_accuracy'] and 100 * r['class_accuracy'], '.1f')} | "
+                     f"{_fmt(r[accuracy] and 100 * r[accuracy], '.1f')} | "
                      f"{_fmt(r['frechet_distance'], '.2f')} |" + f" {db(r.get('psnr_vs_native'))} |" * native)
     return "\n".join(lines)
 

@@ -6,6 +6,9 @@ scores samples against the full-compute ones.
 - :class:`ImageTask` (DiTPipeline): sample i has label i mod num_classes and seed ``seed + i``. Quality: PSNR / SSIM
   per image (mean), and for MNIST-shaped models class accuracy and the Fréchet distance on ditkit's classifier
   features (only with more samples than the features' 128 dimensions, so that their covariance has full rank).
+- :class:`TextTask` (TextPipeline): sample i has prompt i of the held-out prompt set of ``ditkit eval`` (cycling)
+  and seed ``seed + i``; resampled (calibration) it takes training-split captions instead, so calibration and the
+  reported prompts never meet. Quality: PSNR / SSIM per image and the scene judge's prompt accuracy.
 - :class:`VideoTask` (VideoPipeline): a VDT task (``predict`` by default; any of ``diffusion.masks.TASKS``) on
   held-out Moving MNIST clips: video i conditions on clip ``seed + i`` of the held-out set of ``ditkit eval``
   (the 1,000 held-out MNIST digits, clip seed ``EVAL_SEED``, digits at the training size, at most half the canvas; the
@@ -34,10 +37,15 @@ from ..core.configs import VideoDataSection, VideoTrainConfig
 from ..core.metrics import PSNR_CAP, psnr, ssim
 from ..data.video import MovingMNIST
 from ..evaluation.classifier import FEATURE_DIM
+from ..data.scenes import CaptionedScenes
+from ..evaluation.classifier import load_scene_classifier
 from ..evaluation.evaluate import classifier_metrics
+from ..evaluation.scenes import SceneJudge
+from ..evaluation.text import HELDOUT_PROMPTS, read_prompts
 from ..evaluation.video import EVAL_SEED
 from ..models.attention import TokenLayout
 from ..pipelines.base import model_on_canvas
+from ..pipelines.text import TextPipeline
 from ..pipelines.video import VideoPipeline, video_condition
 
 
@@ -92,6 +100,47 @@ class ImageTask:
 
     def settings(self) -> dict:
         return {**self.sampling, "seed": self.seed}
+
+
+@dataclasses.dataclass
+class TextTask:
+    """Text-to-image: prompt i of ``prompts`` and seed ``seed + i`` (see the module docstring)."""
+    num_samples: int
+    seed: int
+    sampling: dict                     # TextPipeline keyword arguments but prompt, seed
+    prompts: list                      # the task's prompts, one per sample
+    kind = "text"
+
+    def __call__(self, pipe, n: int | None = None) -> torch.Tensor:
+        """[n, C, H, W] in [-1, 1]: the first n samples (default all)."""
+        return pipe(prompt=self.prompts[:n], seed=self.seed, **self.sampling)
+
+    def resample(self, num_samples: int, seed: int) -> "TextTask":
+        """The task on training-split captions ``seed``, ``seed + 1``, ... (calibration: disjoint from the
+        held-out prompts)."""
+        scenes = CaptionedScenes("train")
+        return dataclasses.replace(self, num_samples=num_samples, seed=seed,
+                                   prompts=[scenes.caption(seed + i) for i in range(num_samples)])
+
+    def quality(self, samples: torch.Tensor, reference: torch.Tensor) -> dict:
+        judge = _scene_judge()
+        return {"psnr": psnr(samples, reference, cap=PSNR_CAP).mean().item(),
+                "ssim": ssim(samples, reference).mean().item(), "class_accuracy": None, "frechet_distance": None,
+                "prompt_accuracy": judge.scores(samples.cpu(), self.prompts[:len(samples)])["prompt_accuracy"]}
+
+    def settings(self) -> dict:
+        return {**self.sampling, "seed": self.seed, "prompts": f"{self.prompts[0]!r} ... ({len(self.prompts)})"}
+
+
+@functools.lru_cache(maxsize=1)
+def _scene_judge() -> SceneJudge:
+    return SceneJudge(load_scene_classifier())
+
+
+def text_task(num_samples: int, seed: int, sampling: dict) -> TextTask:
+    """The bench's text task: the held-out prompts from ``seed`` on, cycling."""
+    held = read_prompts(HELDOUT_PROMPTS)
+    return TextTask(num_samples, seed, sampling, [held[(seed + i) % len(held)] for i in range(num_samples)])
 
 
 @dataclasses.dataclass
@@ -198,11 +247,13 @@ def video_task(pipe, num_samples: int, seed: int, sampling: dict, task: str = "p
                      given_frames, stride, native)
 
 
-def default_task(pipe, num_samples: int, seed: int, sampling: dict) -> ImageTask | VideoTask:
-    """The default task of a pipeline: class labels cycling for an image DiT, ``predict`` on held-out clips with no
-    labels for a video DiT; ``sampling``: the pipeline's keyword arguments but seed."""
+def default_task(pipe, num_samples: int, seed: int, sampling: dict) -> ImageTask | TextTask | VideoTask:
+    """The default task of a pipeline: class labels cycling for an image DiT, the held-out prompts for a text model,
+    ``predict`` on held-out clips with no labels for a video DiT; ``sampling``: the pipeline's keyword arguments but seed."""
     if isinstance(pipe, VideoPipeline):
         return video_task(pipe, num_samples, seed, sampling)
+    if isinstance(pipe, TextPipeline):
+        return text_task(num_samples, seed, sampling)
     C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
     return ImageTask(num_samples, seed, sampling, pipe.num_classes, (C, H, W, pipe.num_classes) == (1, 32, 32, 10))
 

@@ -134,7 +134,7 @@ def run(args):
     timed = args.time_samples or args.num_samples
     tokens = longest_attention(pipe.model)
     s = task.settings()
-    what = "samples" if task.kind == "image" else \
+    what = {"image": "samples", "text": "text-to-image samples"}.get(task.kind) or \
         f"videos ({s['task']}, {s['num_frames']} frames of {s['canvas']}x{s['canvas']}, {tokens}-token attention)"
     where = "" if pipe.parallel is None else f", {pipe.parallel.describe()}"
     log(f"bench: {args.model}, {len(entries)} recipes x {args.repeats} rounds of {timed} {what} (quality on "
@@ -161,7 +161,7 @@ def run(args):
     if args.json:
         print(f"wrote {write_json(args.json, data)}")
     if args.plot:
-        noun = "samples" if task.kind == "image" else f"{s['task']} videos"
+        noun = {"image": "samples", "text": "prompts"}.get(task.kind) or f"{s['task']} videos"
         title = (f"{args.model}: {tokens} tokens, {s['sampler']} {s['num_sampling_steps']} steps, "
                  f"cfg {s['cfg_scale']}, {args.num_samples} {noun}")
         print(f"wrote {pareto_plot(rows, args.plot, title)}")

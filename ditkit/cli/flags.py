@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..bench.tasks import ImageTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
+from ..bench.tasks import ImageTask, TextTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
 from ..diffusion.masks import TASKS
 from ..diffusion.samplers import SAMPLERS
+from ..evaluation.text import TEXT_EVAL_CFG_SCALE
 from ..models.dit import DIT_CONFIGS
 from ..parallel.mesh import ParallelConfig, distributed_env, process_device
 from ..pipelines.base import is_video_model
@@ -226,9 +227,9 @@ def add_task_args(p):
                    help="video models: frames per video (default: the model's window)")
 
 
-def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | VideoTask]:
+def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | TextTask | VideoTask]:
     """(pipeline, task) from the flags of :func:`add_task_args` and :func:`add_sampling_args`: a VideoPipeline
-    (rebuilt for ``--canvas`` / ``--num-frames``) for a video model, else :func:`load_pipeline`."""
+    (rebuilt for ``--canvas`` / ``--num-frames``) for a video model, else :func:`load_pipeline` (image or text)."""
     sampling = sampling_kwargs(args)
     sampling.pop("seed")
     if not is_video_model(args.model):
@@ -240,7 +241,9 @@ def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | Video
             raise ValueError(f"--context-scale {args.context_scale} applies to video models; {args.model} is an "
                              f"image model: drop --context-scale")
         pipe = load_pipeline(args)
-        sampling.update(sampler=args.sampler or "ddim", cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale)
+        default_cfg = TEXT_EVAL_CFG_SCALE if isinstance(pipe, TextPipeline) else 4.0
+        sampling.update(sampler=args.sampler or "ddim", cfg_scale=default_cfg if args.cfg_scale is None else
+                        args.cfg_scale)
         return pipe, default_task(pipe, num_samples, seed, sampling)
     check_video_model_flags(args)
     pipe, native = video_pipeline_on_canvas(args.model, args.device, args.canvas, args.num_frames)
