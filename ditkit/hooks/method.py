@@ -141,6 +141,10 @@ def check_params(name: str, params: dict) -> dict:
 @dataclasses.dataclass
 class Method:
     name: ClassVar[str] = ""
+    # What `ditkit tune` searches: (parameter, values from the least to the most aggressive), quality falling along
+    # them; None: the method is tried as it is. ``variants``: settings of the other parameters, each searched apart.
+    knob: ClassVar[tuple[str, tuple] | None] = None
+    variants: ClassVar[tuple[dict, ...]] = ({},)
 
     def __post_init__(self):
         """Every parameter checked against its declaration (as a parsed recipe is), also when built in Python."""

@@ -23,6 +23,7 @@ from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
 @dataclasses.dataclass
 class WindowResidualAttention(AttentionMethod):
     name = "fastattn"
+    knob = ("density", (0.5, 0.35, 0.25, 0.18, 0.12))
     tile: str = param("auto", check=parse_tile, example="4x8x8")
     window: str = param("auto", check=parse_windows, example="2x3x3")
     density: float = param(0.25, low=0, high=1, low_open=True)

@@ -155,6 +155,7 @@ def sta_density(layout: TokenLayout, tile=None, windows=None, density: float = 0
 @dataclasses.dataclass
 class SlidingTileAttention(AttentionMethod):
     name = "sta"
+    knob = ("density", (0.5, 0.35, 0.25, 0.18, 0.12))
     tile: str = param("auto", check=parse_tile, example="4x8x8")
     window: str = param("auto", check=lambda w: parse_windows(w, search=True), example="2x3x3")
     density: float = param(0.25, low=0, high=1, low_open=True)

@@ -136,6 +136,7 @@ def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256, ro
 @dataclasses.dataclass
 class SparseVideoGen(AttentionMethod):
     name = "svg"
+    knob = ("sparsity", (0.5, 0.35, 0.25, 0.18, 0.12))
     sparsity: float = param(0.25, low=0, high=1, low_open=True, hint="the kept density")
     rows: int = param(64, low=1, hint="profiled query rows")
     block: int = param(256, low=1, hint="tokens per block")

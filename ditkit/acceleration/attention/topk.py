@@ -57,6 +57,7 @@ def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: floa
 @dataclasses.dataclass
 class TopKAttention(AttentionMethod):
     name = "topk"
+    knob = ("density", (0.5, 0.35, 0.25, 0.18, 0.12))
     density: float = param(0.25, low=0, high=1, low_open=True)
     tile: str = param("auto", check=parse_tile, example="4x8x8")
     dense_steps: float = param(0.0, low=0, high=1)

@@ -20,6 +20,7 @@ from .base import CachingMethod, rel_l1
 @dataclasses.dataclass
 class FirstBlockCache(CachingMethod):
     name: ClassVar[str] = "firstblockcache"
+    knob: ClassVar[tuple] = ("threshold", (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4, 0.6))
     threshold: float = param(0.08, low=0)
 
     def new_state(self):

@@ -26,6 +26,8 @@ from .calibration import load_calibration
 @dataclasses.dataclass
 class MagCache(CachingMethod):
     name: ClassVar[str] = "magcache"
+    knob: ClassVar[tuple] = ("threshold", (0.06, 0.12, 0.2, 0.3, 0.45, 0.6, 0.8))
+    variants: ClassVar[tuple] = ({"max_skips": 6, "retention": 0.1},)
     threshold: float = param(0.12, low=0)
     max_skips: int = param(2, low=0)
     retention: float = param(0.2, low=0, high=1)

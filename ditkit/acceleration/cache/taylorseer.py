@@ -23,6 +23,8 @@ from .base import ModuleCacheMethod
 @dataclasses.dataclass
 class TaylorSeer(ModuleCacheMethod):
     name: ClassVar[str] = "taylorseer"
+    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 7, 8, 10))
+    variants: ClassVar[tuple] = ({"order": 1}, {"order": 2})
     interval: int = param(4, low=1)
     order: int = param(4, low=0)
     warmup: int = param(2, low=1)

@@ -43,6 +43,7 @@ def _check_coefficients(value) -> None:
 @dataclasses.dataclass
 class TeaCache(CachingMethod):
     name: ClassVar[str] = "teacache"
+    knob: ClassVar[tuple] = ("threshold", (0.02, 0.04, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8))
     threshold: float = param(0.1, low=0)
     coefficients: Any = param(None, check=lambda v: _check_coefficients(v), example="FILE")
 

@@ -23,6 +23,7 @@ BITS = "int8 kernels (and their fake-quant simulation) run 2..8-bit codes; for 1
 @dataclasses.dataclass
 class W8A8(QuantMethod):
     name: ClassVar[str] = "w8a8"
+    variants: ClassVar[tuple] = ({}, {"act": "tensor"})
     # SmoothQuant migration strength alpha in [0, 1]; None = no balancing
     smooth: float | None = param(None, low=0, high=1, example=0.5, hint="the SmoothQuant migration strength")
     # dynamic activation scale per 'token' or per 'tensor' (per call)
