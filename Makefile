@@ -65,6 +65,20 @@ bench-parallel: $(DEVSTAMP)
 	    --modes ulysses,ring --world-sizes 2 --threads 1 --repeats 3 --load "$(LOAD)" \
 	    --json out/bench-parallel.json --markdown BENCHMARKS.md
 
+# `ditkit tune` on the bundled image model (budget 32 dB, the bench settings) and video model (30 dB, predict task),
+# each winner benched beside the best hand-picked recipe of BENCHMARKS.md in its validation run (rewrites its section
+# of BENCHMARKS.md; LOAD="..." says how loaded the machine was). About 15 + 30 minutes on one CPU thread.
+.PHONY: bench-tune
+bench-tune: $(DEVSTAMP)
+	$(BIN)/ditkit tune --model mnist-dit --sampler ddim --cfg-scale 4 --num-sampling-steps 50 --min-psnr 32 \
+	    --validation-samples 64 --time-samples 16 --threads 1 --compare "taylorseer:interval=6,order=1+w8a8" \
+	    --load "$(LOAD)" --out out/tune/mnist-dit.yaml --json out/tune/mnist-dit.json --plot docs/tune-mnist-dit.png \
+	    --markdown BENCHMARKS.md
+	$(BIN)/ditkit tune --model moving-mnist-vdt --task predict --num-sampling-steps 50 --min-psnr 30 \
+	    --probe-samples 4 --calibration-samples 8 --validation-samples 16 --time-samples 4 --threads 1 \
+	    --compare "teacache,fora:interval=6" --load "$(LOAD)" --out out/tune/moving-mnist-vdt.yaml \
+	    --json out/tune/moving-mnist-vdt.json --plot docs/tune-moving-mnist-vdt.png --markdown BENCHMARKS.md
+
 clean:
 	rm -rf out runs
 

@@ -19,7 +19,8 @@ FAST = ["--num-sampling-steps", "6", "--probe-samples", "2", "--calibration-samp
 def tuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
     run_cli("tune", "--model", "mnist-dit", "--min-psnr", "28", "--methods", "fora,w8a8,topk", *FAST,
-            "--out", out / "recipe.yaml", "--json", out / "tune.json", "--plot", out / "front.png")
+            "--out", out / "recipe.yaml", "--json", out / "tune.json", "--plot", out / "front.png",
+            "--compare", "fora:interval=2,bf16", "--markdown", out / "BENCH.md")
     return out, json.loads((out / "tune.json").read_text())
 
 
@@ -47,6 +48,9 @@ def test_winner_meets_the_budget_and_its_yaml_is_a_recipe(tuned):
     assert yaml.safe_load((out / "recipe.yaml").read_text())          # comments + a list of methods
     assert report["validation_rows"][0]["recipe"] == "none" and report["settings"]["validation_seed"] == 0
     assert (out / "front.png").stat().st_size > 0
+    assert {"fora:interval=2", "bf16"} <= {r["recipe"] for r in report["validation_rows"]}
+    text = (out / "BENCH.md").read_text()
+    assert "ditkit tune" in text and "best hand-picked recipe" in text and f"`{winner}`" in text
 
 
 def test_the_search_is_reproducible(tuned, tmp_path):

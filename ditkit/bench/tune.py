@@ -28,7 +28,9 @@ TeaCache / MagCache are calibrated once, on calibration samples.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -38,7 +40,8 @@ import torch
 from ..acceleration.counting import BlockCounter
 from ..acceleration.recipes import BUILTIN_METHOD_MODULES, REGISTRY, Recipe, parse_recipe
 from ..core.visual import pyplot, save_figure
-from .harness import CALIBRATED, Entry, ditkit_entry, method_kind, round_order, run_bench, with_calibration
+from .harness import (CALIBRATED, Entry, ditkit_entry, markdown_table, method_kind, round_order, run_bench,
+                      with_calibration)
 
 
 @dataclasses.dataclass
@@ -82,6 +85,7 @@ class Settings:
     validation_seed: int = 0
     calibration_prompts: int = 10                # TeaCache / MagCache calibration samples
     methods: tuple[str, ...] | None = None       # registered methods searched (None: all)
+    compare: tuple[str, ...] = ()                # hand-picked recipes benched beside the winner on validation
 
 
 class Tuner:
@@ -284,8 +288,10 @@ class Tuner:
         winner = ranked[0]
         search_seconds = time.monotonic() - t0
         shown = [winner] + [r for r in self.front(kept) if r != winner][:self.s.front]
-        self.log(f"tune: winner {winner}; validating it and {len(shown) - 1} Pareto recipes on "
-                 f"{self.s.validation_samples} validation samples (seeds from {self.s.validation_seed})")
+        compare = [r for r in self.s.compare if r not in shown]
+        self.log(f"tune: winner {winner}; validating it, {len(shown) - 1} Pareto recipes and {len(compare)} compared "
+                 f"ones on {self.s.validation_samples} validation samples (seeds from {self.s.validation_seed})")
+        shown += compare
         entries = [ditkit_entry(self.pipe, "none", "none")] + [
             Entry(r, "ditkit", self.pipe, lambda: BlockCounter(self.pipe.model), self._recipe(r)) for r in shown]
         validation = run_bench(entries, self.validation_task, self.s.repeats, log=self.log,
@@ -297,9 +303,61 @@ class Tuner:
                 "validation_meets_budget": self.budget.misses(win, validation[0]) is None,
                 "psnr_gap_db": self.candidates[winner]["calibration"]["psnr"] - win["psnr"],
                 "candidates": [row for row in self.candidates.values() if row is not None],
-                "skipped": self.skipped, "front": shown, "validation_rows": validation,
+                "skipped": self.skipped, "front": shown[:len(shown) - len(compare)], "compare": compare,
+                "validation_rows": validation,
                 "search_seconds": search_seconds, "total_seconds": time.monotonic() - t0,
                 "out_of_time": self.out_of_time()}
+
+
+def tune_markers(model: str) -> tuple[str, str]:
+    """The markers of the generated BENCHMARKS.md section of a tune run on ``model`` (one section per model)."""
+    return (f"<!-- ditkit tune {model}: generated section begins (make bench-tune rewrites it) -->",
+            f"<!-- ditkit tune {model}: generated section ends -->")
+
+
+def tune_bars(data: dict) -> list[str]:
+    """The tune bars: the winner's validation speed-up against the fastest compared (hand-picked) recipe that meets
+    the budget in the same validation run, and its validation PSNR within 1 dB of its calibration PSNR."""
+    budget = Budget(**data["settings"]["budget"])
+    rows = data["validation_rows"]
+    win = data["validation"]
+    picked = [r for r in rows if r["recipe"] in data["compare"] and budget.misses(r, rows[0]) is None]
+    best = max(picked, key=lambda r: r["speedup"], default=None)
+    out = []
+    if data["compare"]:
+        out.append(f"**{'met' if best is None or win['speedup'] >= best['speedup'] else 'not met'}** — the tuned "
+                   f"recipe is at least as fast on validation seeds as the best hand-picked recipe within the budget, "
+                   f"in the same run: `{data['winner']}` {win['speedup']:.2f}x at {win['psnr']:.2f} dB vs "
+                   + (f"`{best['recipe']}` {best['speedup']:.2f}x at {best['psnr']:.2f} dB" if best
+                      else "no compared recipe meets the budget"))
+    gap = data["psnr_gap_db"]
+    out.append(f"**{'met' if abs(gap) <= 1 else 'not met'}** — validation PSNR within 1 dB of calibration PSNR (not "
+               f"overfitted to the calibration seeds): {data['calibration']['psnr']:.2f} dB on calibration, "
+               f"{win['psnr']:.2f} dB on validation ({gap:+.2f} dB)")
+    out.append(f"**{'met' if win['psnr'] >= budget.min_psnr else 'not met'}** — the winner meets the PSNR budget on "
+               f"validation seeds: {win['psnr']:.2f} dB vs {budget.min_psnr:g} dB")
+    return out
+
+
+def tune_section(data: dict, path: Path) -> str:
+    """A BENCHMARKS.md section for a tune JSON: command, machine, search, validation table, bars."""
+    s, m = data["settings"], data["machine"]
+    timed = sum(1 for r in data["candidates"] if "speedup" in r)
+    plot = [f"![tune: speed-up vs PSNR]({os.path.relpath(data['plot'], path.parent)})", ""] if data.get("plot") else []
+    return "\n".join([
+        f"## `ditkit tune` on `{s['model']}`: the fastest recipe within {s['budget']['min_psnr']:g} dB", "",
+        f"Generated on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by:", "", f"    {s['command']}",
+        "", f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['threads']} torch thread(s), torch {m['torch']}"
+        + (f"; {s['load']}" if s.get("load") else "") + ".", "",
+        f"Settings: sampler {s['sampler']}, {s['num_sampling_steps']} steps, CFG scale {s['cfg_scale']}; calibration "
+        f"seeds from {s['calibration_seed']} ({s['probe_samples']} samples per probe, {s['calibration_samples']} for "
+        f"the check), validation seeds from {s['validation_seed']} ({s['validation_samples']} samples, "
+        f"{s['time_samples']} per timed generation, {s['repeats']} interleaved rounds).", "",
+        f"Search: {len(data['candidates'])} candidates probed, {timed} timed, in {data['search_seconds'] / 60:.1f} "
+        f"minutes (budget {s['budget_minutes']:g}); winner `{data['winner']}`. Validation (the winner, the calibration "
+        f"Pareto front and the compared hand-picked recipes; `ditkit bench`'s harness, one run):", "",
+        markdown_table(data["validation_rows"]), "", *plot, "### Bars", "",
+        *[f"- {b}" for b in tune_bars(data)], ""])
 
 
 def tune_plot(report: dict, budget: Budget, path: str | Path, title: str) -> Path | None:

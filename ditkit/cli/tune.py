@@ -12,8 +12,10 @@ import yaml
 
 from ..acceleration.recipes import REGISTRY
 from ..bench.harness import machine, markdown_table
-from ..bench.tune import Budget, Settings, Tuner, tune_plot
+from ..bench.report import replace_generated_section
+from ..bench.tune import Budget, Settings, Tuner, tune_bars, tune_markers, tune_plot, tune_section
 from ..core.outputs import check_output_path, write_json, write_text
+from .bench import recipe_list
 from .flags import (add_sampling_args, add_task_args, load_task, nonnegative_float, nonnegative_int, positive_float,
                     positive_int, unit_float)
 
@@ -33,6 +35,8 @@ def check_args(args) -> None:
     check_output_path(args.out, "--out", (".yaml", ".yml"))
     check_output_path(args.json, "--json", (".json",))
     check_output_path(args.plot, "--plot", PLOT_SUFFIXES)
+    check_output_path(args.markdown, "--markdown", (".md",))
+    recipe_list(args.compare, "--compare")
     if args.probe_samples > args.calibration_samples:
         raise ValueError(f"--probe-samples {args.probe_samples} is more than --calibration-samples "
                          f"{args.calibration_samples}: probes use the first calibration samples")
@@ -65,7 +69,7 @@ def run(args):
     settings = Settings(args.probe_samples, args.calibration_samples, args.validation_samples, args.time_samples,
                         args.repeats, budget_minutes=args.budget_minutes, calibration_seed=args.calibration_seed,
                         validation_seed=args.seed, calibration_prompts=args.calibration_prompts,
-                        methods=args.methods)
+                        methods=args.methods, compare=tuple(recipe_list(args.compare, "--compare")))
     pipe, validation = load_task(args, args.validation_samples, args.seed)
     out = Path(args.out)
     log = lambda m: print(m, file=sys.stderr)
@@ -78,16 +82,24 @@ def run(args):
           f"(calibration {report['calibration']['psnr']:.2f} dB; {len(report['candidates'])} candidates, search "
           f"{report['search_seconds'] / 60:.1f} min{', stopped by the budget' if report['out_of_time'] else ''})")
     print(f"wrote {write_text(out, recipe_yaml(report, budget, command))}")
-    if args.json:
-        data = {"settings": {"model": args.model, "command": command, "budget": vars(budget),
-                             **{k: v for k, v in vars(settings).items() if k != "methods"},
-                             "methods": list(settings.methods or []), **s, "threads": torch.get_num_threads()},
-                "machine": machine(), **report}
-        print(f"wrote {write_json(args.json, data)}")
+    data = {"settings": {"model": args.model, "command": command, "budget": vars(budget), "load": args.load,
+                         **{k: v for k, v in vars(settings).items() if k not in ("methods", "compare")},
+                         "methods": list(settings.methods or []), **s, "threads": torch.get_num_threads()},
+            "machine": machine(), **report}
+    for bar in tune_bars(data):
+        print(bar)
     if args.plot:
         title = (f"ditkit tune {args.model}: {s['sampler']} {s['num_sampling_steps']} steps, cfg {s['cfg_scale']}, "
                  f"budget {budget.min_psnr:g} dB")
-        print(f"wrote {tune_plot(report, budget, args.plot, title) or 'no plot (matplotlib missing)'}")
+        data["plot"] = str(tune_plot(report, budget, args.plot, title) or "")
+        print(f"wrote {data['plot'] or 'no plot (matplotlib missing)'}")
+    if args.json:
+        print(f"wrote {write_json(args.json, data)}")
+    if args.markdown:
+        section = tune_section(data, Path(args.markdown))
+        path = replace_generated_section(args.markdown, section, "# Benchmarks: speed x quality",
+                                         tune_markers(args.model))
+        print(f"wrote {path}")
 
 
 def register(sub):
@@ -115,5 +127,11 @@ def register(sub):
     p.add_argument("--out", default="out/recipe.yaml", help="the tuned recipe (.yaml), for --recipe FILE")
     p.add_argument("--json", help="every candidate with its speed and quality, the validation rows, the settings")
     p.add_argument("--plot", help="speed-up vs PSNR of the candidates, the budget and the winner (.png, .pdf, .svg)")
+    p.add_argument("--compare", help="comma-separated hand-picked recipes benched beside the winner on the "
+                                     "validation seeds, in the same run")
+    p.add_argument("--markdown", help="write the report (command, machine, validation table, bars) into its generated "
+                                      "section of this .md file")
+    p.add_argument("--load", help="how loaded the machine was, for the report (e.g. 'a training job on the other "
+                                  "core')")
     p.set_defaults(fn=run)
 
