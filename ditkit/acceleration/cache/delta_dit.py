@@ -20,7 +20,7 @@ from .base import CachingMethod
 @dataclasses.dataclass
 class DeltaDiT(CachingMethod):
     name: ClassVar[str] = "delta_dit"
-    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 8))
+    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 8, 10, 12))
     variants: ClassVar[tuple] = ({"span": 0.75},)
     interval: int = param(3, low=1)
     span: float = param(0.5, low=0, high=1, low_open=True)

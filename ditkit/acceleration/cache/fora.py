@@ -17,7 +17,7 @@ from .base import ModuleCacheMethod
 @dataclasses.dataclass
 class FORA(ModuleCacheMethod):
     name: ClassVar[str] = "fora"
-    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 7, 8, 10))
+    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 7, 8, 10, 12, 16))
     interval: int = param(3, low=1)
 
     def is_full(self, state) -> bool:

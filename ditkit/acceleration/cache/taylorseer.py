@@ -23,7 +23,7 @@ from .base import ModuleCacheMethod
 @dataclasses.dataclass
 class TaylorSeer(ModuleCacheMethod):
     name: ClassVar[str] = "taylorseer"
-    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 7, 8, 10))
+    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 7, 8, 10, 12, 16))
     variants: ClassVar[tuple] = ({"order": 1}, {"order": 2})
     interval: int = param(4, low=1)
     order: int = param(4, low=0)

@@ -37,7 +37,7 @@ MLP_FACTOR, STALENESS_WEIGHT, CELL_BONUS = 2.5, 0.25, 0.6
 @dataclasses.dataclass
 class ToCa(ModuleCacheMethod):
     name: ClassVar[str] = "toca"
-    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 8))
+    knob: ClassVar[tuple] = ("interval", (2, 3, 4, 5, 6, 8, 10, 12))
     interval: int = param(3, low=1)
     ratio: float = param(0.07, low=0, high=1)
     step_weight: float = param(2.0)
