@@ -249,9 +249,12 @@ class Tuner:
             r += 1
             median = lambda x: statistics.median(entries[x].times)
             alive.sort(key=median)
+            if self.out_of_time():                     # the budget is spent: the fastest so far are the finalists
+                alive = alive[:self.s.finalists]
+                break
             if len(alive) > self.s.finalists:
                 alive = alive[:max(self.s.finalists, math.ceil(len(alive) / 2))]
-            elif r >= self.s.repeats or self.out_of_time():
+            elif r >= self.s.repeats:
                 break
         base = statistics.median(entries["none"].times)
         for recipe, entry in entries.items():
