@@ -79,6 +79,13 @@ bench-tune: $(DEVSTAMP)
 	    --compare "teacache,fora:interval=6" --load "$(LOAD)" --out out/tune/moving-mnist-vdt.yaml \
 	    --json out/tune/moving-mnist-vdt.json --plot docs/tune-moving-mnist-vdt.png --markdown BENCHMARKS.md
 
+# How close ditkit runs to this CPU's limit: GEMM peaks per dtype, the image DiT's forward at 64-4,096 tokens against
+# the float32 peak (with the profiler's top operators), W8A8 end to end over batch sizes and the sparse attention
+# backends' efficiency at 4,096 tokens, at 1 and 2 threads (about 10 minutes).
+.PHONY: bench-kernels
+bench-kernels: $(DEVSTAMP)
+	$(BIN)/ditkit bench-kernels --threads-list 1,2 --json out/bench-kernels.json
+
 clean:
 	rm -rf out runs
 

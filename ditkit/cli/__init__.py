@@ -16,11 +16,11 @@ import torch
 
 from ..core.devices import resolve_device
 from ..parallel.mesh import distributed_env
-from . import bench, bench_attention, bench_parallel, calibrate, distill_linear
+from . import bench, bench_attention, bench_kernels, bench_parallel, calibrate, distill_linear
 from . import eval as evaluate
 from . import generate, generate_video, quantize, support_matrix, train, tune
 
-COMMANDS = [train, generate, generate_video, calibrate, bench, bench_attention, bench_parallel, distill_linear, evaluate,
+COMMANDS = [train, generate, generate_video, calibrate, bench, bench_attention, bench_kernels, bench_parallel, distill_linear, evaluate,
             quantize, support_matrix, tune]
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, PermissionError, IsADirectoryError, NotADirectoryError)
 
