@@ -101,7 +101,7 @@ def test_calibrate_a_video_model(method, printed, video_file, tmp_path, capsys):
                                                 "--canvas 64"),
     (["--model", "{video}", "--peers", "diffusers"], "no diffusers conversion of ditkit's VideoDiT"),
     (["--model", "{video}", "--cfg-scale", "4"], "classifier-free guidance needs labels"),
-    (["--model", "{video}", "--task", "uncond", "--context-scale", "2"], "gives none: use --context-scale 1"),
+    (["--model", "{video}", "--task", "uncond", "--history-scale", "2"], "gives none: use --history-scale 1"),
 ])
 def test_bad_bench_flags_are_named(argv, message, video_file, tmp_path, capsys):
     from acceleration_util import tiny_dit

@@ -130,6 +130,14 @@ VIDEO = ("generate-video", "--num-sampling-steps", "2", "--no-progress")
     (("--task", "predict", "--context", "heldout:0", "--sampler", "ddpm"), ("'ddpm'", "euler")),
     (("--task", "predict", "--vae", "x"), ("unrecognized arguments: --vae",)),
     (("--task", "predict", "--dit-cfg"), ("unrecognized arguments: --dit-cfg",)),
+    (("--task", "predict", "--context", "heldout:0", "--history-frames", "2"), ("--history-frames", "--num-frames > 8")),
+    (("--task", "predict", "--context", "heldout:0", "--num-frames", "16", "--history-frames", "8"),
+     ("history must be in [1, 7]", "--history-frames")),
+    (("--task", "predict", "--context", "heldout:0", "--num-frames", "16", "--window-stride", "5"),
+     ("stride must be in [1, 4]", "--window-stride")),
+    (("--task", "predict", "--context", "heldout:0", "--history-scale", "2", "--history-guidance", "fractional"),
+     ("per-frame noise levels", "vanilla")),
+    (("--task", "predict", "--context", "heldout:0", "--history-guidance", "temporal"), ("--history-guidance",)),
 ])
 def test_generate_video_bad_input(tmp_path, argv, names):
     np.save(tmp_path / "mask.npy", np.ones((32, 32)))

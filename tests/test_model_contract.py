@@ -1,5 +1,5 @@
 """The block-stack contract: every caching method on every model that implements it (image DiT, the three VideoDiT
-layouts, a plain pre-norm model without adaLN), through the video pipeline with CFG and context guidance; the hook
+layouts, a plain pre-norm model without adaLN), through the video pipeline with CFG and history guidance; the hook
 points (conflicts refused in one place, detach restores exactly)."""
 import pytest
 import torch
@@ -39,8 +39,8 @@ def video_pipe(request):
     return VideoPipeline(tiny_video(request.param), FlowMatching(1000.0))
 
 
-def predict(pipe, spec, n=2, seed=0, cfg_scale=2.0, context_scale=2.0):
-    """Videos (first 2 frames given, label-guided and context-guided) and the exact block count."""
+def predict(pipe, spec, n=2, seed=0, cfg_scale=2.0, history_scale=2.0):
+    """Videos (first 2 frames given, label-guided and history-guided) and the exact block count."""
     torch.manual_seed(1234)
     context = torch.rand(n, 1, 4, 16, 16) * 2 - 1
     mask = torch.ones(1, 1, 4, 16, 16)
@@ -49,7 +49,7 @@ def predict(pipe, spec, n=2, seed=0, cfg_scale=2.0, context_scale=2.0):
     try:
         with BlockCounter(pipe.model) as counter:
             out = pipe(context, mask, labels=list(range(n)), num_sampling_steps=STEPS, cfg_scale=cfg_scale,
-                       context_scale=context_scale, seed=seed)
+                       history_scale=history_scale, seed=seed)
     finally:
         pipe.set_recipe(None)
     return out, counter.blocks
@@ -78,7 +78,7 @@ def test_video_batch_equals_one_by_one(video_pipe):
     mask[:, :, :2] = 0
     for spec in ("teacache:threshold=0.2", "firstblockcache:threshold=0.1", "toca:ratio=0.3"):
         video_pipe.set_recipe(spec)
-        kw = dict(num_sampling_steps=STEPS, cfg_scale=2.0, context_scale=2.0)
+        kw = dict(num_sampling_steps=STEPS, cfg_scale=2.0, history_scale=2.0)
         with BlockCounter(video_pipe.model) as both:
             batch = video_pipe(context, mask, labels=[0, 1], seed=0, **kw)
         ones, count = [], 0.0
@@ -108,7 +108,7 @@ def test_video_calibration_feeds_teacache_and_magcache(video_pipe, tmp_path):
     kw = dict(num_sampling_steps=STEPS, cfg_scale=1.0)
     mag = save_calibration(calibrate_on_task(video_pipe, "magcache", 2, **kw), tmp_path / "mag.json")
     tea = save_calibration(calibrate_on_task(video_pipe, "teacache", 2, **kw), tmp_path / "tea.json")
-    guidance = dict(cfg_scale=1.0, context_scale=1.0)
+    guidance = dict(cfg_scale=1.0, history_scale=1.0)
     ref, full = predict(video_pipe, "none", **guidance)
     out, n = predict(video_pipe, f"magcache:threshold=0,ratios={mag}", **guidance)
     assert torch.equal(out, ref) and n == full

@@ -46,7 +46,7 @@ def generate(case: dict) -> torch.Tensor:
     mask = torch.ones(1, 1, frames, 16, 16)
     mask[:, :, :1] = 0
     return pipe(context, mask, labels=[1, 2], num_sampling_steps=STEPS, sampler="euler", cfg_scale=2.0,
-                context_scale=case.get("context_scale", 1.0), seed=0)
+                history_scale=case.get("history_scale", 1.0), seed=0)
 
 
 def generate_all(rank: int, world_size: int, cases: list[dict]) -> list[tuple[torch.Tensor, int]]:
@@ -107,7 +107,7 @@ def test_video_dit_two_processes():
               {"kind": "video", "layout": "vdt", "frames": 3, "parallel": U2, "recipe": "toca:ratio=0.3"},
               {"kind": "video", "layout": "latte", "frames": 4, "parallel": R2, "recipe": "toca:ratio=0.3"},
               {"kind": "video", "layout": "full3d", "frames": 5, "parallel": U2, "recipe": "toca:ratio=0.3"},
-              {"kind": "video", "layout": "vdt", "frames": 4, "parallel": CFG, "context_scale": 2.0,
+              {"kind": "video", "layout": "vdt", "frames": 4, "parallel": CFG, "history_scale": 2.0,
                "recipe": "firstblockcache:threshold=0.5"}]
     check(cases, 2)
 

@@ -112,16 +112,28 @@ def test_generate_video_cli(tmp_path, capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, extra
 
 
-@pytest.mark.parametrize("task", ["predict", "story"])
+def test_generate_video_rollout_cli(tmp_path, capsys):
+    """--num-frames beyond the window rolls out with --history-frames / --window-stride; the GIF holds every frame."""
+    model = save_tiny_model(tmp_path / "m.safetensors")
+    clip = tmp_path / "clip.gif"
+    save_video(torch.rand(1, 2, 16, 16) * 2 - 1, clip, upscale=1)
+    main(["generate-video", "--model", str(model), "--task", "predict", "--context", str(clip), "--num-frames", "7",
+          "--history-frames", "3", "--window-stride", "1", "--num-sampling-steps", "1", "--out",
+          str(tmp_path / "long.gif"), "--upscale", "1", "--no-progress"])
+    assert "7 frames, given frames [0, 1]" in capsys.readouterr().out
+    assert load_video(tmp_path / "long.gif", 1).shape == (1, 7, 16, 16)
+
+
+@pytest.mark.parametrize("task", ["predict", "story", "rollout"])
 def test_eval_task_cli(tmp_path, task):
     model = save_tiny_model(tmp_path / "m.safetensors")
     out = tmp_path / "eval.json"
     main(["eval", "--model", str(model), "--task", task, "--num-videos", "3", "--num-sampling-steps", "2",
-          "--json", str(out), "--no-progress"])
+          "--json", str(out), "--no-progress"] + (["--num-frames", "9"] if task == "rollout" else []))
     result = json.loads(out.read_text())
-    if task == "predict":
-        assert result["frames"] == [2, 3] and result["given_frames"] == [0, 1]
-        keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim")
+    if task in ("predict", "rollout"):
+        assert result["frames"] == list(range(2, 4 if task == "predict" else 9)) and result["given_frames"] == [0, 1]
+        keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "identity_accuracy", "baseline_identity_accuracy")
     else:
         assert result["frames"] == [1, 2, 3] and result["real_label_accuracy"] > 0.5    # the digit reader works
         keys = ("label_accuracy", "baseline_label_accuracy")

@@ -107,8 +107,8 @@ def test_flow_model_samples_and_story_labels(tmp_path):
         pipe(ctx[None], mask, labels=[12], num_sampling_steps=1)
 
 
-def test_context_guidance_is_free_plus_scaled_difference(tmp_path):
-    """One Euler step with context guidance equals x + dt * (v_free + s * (v_given - v_free)), v_free the network
+def test_history_guidance_is_free_plus_scaled_difference(tmp_path):
+    """One Euler step with vanilla history guidance equals x + dt * (v_free + s * (v_given - v_free)), v_free the network
     with nothing given and the null label; s = 1 is plain sampling; nothing given is an error."""
     pipe = VideoPipeline.from_pretrained(save_tiny_model(tmp_path / "m.safetensors", "flow"))
     truth = torch.rand(2, 1, 4, 16, 16) * 2 - 1
@@ -122,11 +122,13 @@ def test_context_guidance_is_free_plus_scaled_difference(tmp_path):
         v_free = pipe.model(x0, t, null, context=truth, mask=torch.ones_like(mask))
     assert (v_given - v_free).abs().max() > 1e-3                                   # the given frames matter
     for s in (1.0, 3.0):
-        out = pipe(truth, mask, num_sampling_steps=1, sampler="euler", context_scale=s)
+        out = pipe(truth, mask, num_sampling_steps=1, sampler="euler", history_scale=s)
         ref = torch.where(mask.bool(), (x0 + v_free + s * (v_given - v_free)).clamp(-1, 1), truth)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="context_scale"):
-        pipe(truth, torch.ones(1, 1, 4, 16, 16), num_sampling_steps=1, context_scale=2.0)
+    with pytest.raises(ValueError, match="history_scale"):
+        pipe(truth, torch.ones(1, 1, 4, 16, 16), num_sampling_steps=1, history_scale=2.0)
+    with pytest.raises(ValueError, match="per-frame noise levels"):          # this model takes one timestep per video
+        pipe(truth, mask, num_sampling_steps=1, history_scale=2.0, history_guidance="fractional")
 
 
 def test_video_condition_errors():
@@ -169,11 +171,30 @@ def test_video_training_runs_and_exports(tmp_path):
         train_video(bad, progress=False)
 
 
-def test_extend_continues_window_by_window(tmp_path):
+def test_extend_rolls_out_window_by_window(tmp_path):
+    """Each window is given the last ``history`` frames of the video so far and keeps ``stride`` new ones: the
+    windows are the calls a rollout makes, with their given frames bitwise the video's."""
     pipe = VideoPipeline.from_pretrained(save_tiny_model(tmp_path / "m.safetensors"))     # window of 4 frames
     start = torch.rand(2, 1, 4, 16, 16) * 2 - 1
     out = pipe.extend(start, 9, labels=torch.arange(18).view(2, 9) % 10, num_sampling_steps=2)
     assert out.shape == (2, 1, 9, 16, 16) and torch.equal(out[:, :, :4], start)
     assert not torch.equal(out[:, :, 4], out[:, :, 3])
-    with pytest.raises(ValueError, match="overlap"):
-        pipe.extend(start, 9, overlap=4)
+    calls = []
+    call = VideoPipeline.__call__
+
+    def spy(self, ctx, mask, *args, **kwargs):
+        calls.append((ctx.clone(), mask.clone()))
+        return call(self, ctx, mask, *args, **kwargs)
+    VideoPipeline.__call__ = spy
+    try:
+        rolled = pipe.extend(start, 8, history=3, stride=1, num_sampling_steps=1)
+    finally:
+        VideoPipeline.__call__ = call
+    assert rolled.shape[2] == 8 and len(calls) == 4                      # 4 windows of one new frame each
+    for w, (ctx, mask) in enumerate(calls):
+        assert torch.equal(ctx[:, :, :3], rolled[:, :, 1 + w:4 + w])      # the last 3 frames so far
+        assert not mask[0, 0, :3].any() and mask[0, 0, 3:].all()
+    for history, stride, match in ((4, None, "history must be"), (0, None, "history must be"),
+                                   (2, 3, "stride must be")):
+        with pytest.raises(ValueError, match=match):
+            pipe.extend(start, 9, history=history, stride=stride)

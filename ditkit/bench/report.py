@@ -262,7 +262,9 @@ def _video_settings(s: dict) -> str:
     return (f"Settings: model `{s['model']}` on {s['num_frames']} frames of {s['canvas']}x{s['canvas']} ({size}), "
             f"**{s['tokens']} tokens** per attention call; task `{s['task']}` (frames {s['generated_frames']} "
             f"generated), {clips}, labels {label}; sampler {s['sampler']}, {s['num_sampling_steps']} steps, CFG scale "
-            f"{s['cfg_scale']}, context scale {s['context_scale']}, noise seeds from {s['seed']}; {s['num_samples']} "
+            f"{s['cfg_scale']}, {s.get('history_guidance', 'vanilla')} history guidance at scale "
+            f"{s.get('history_scale', 1.0)}, noise seeds "
+            f"from {s['seed']}; {s['num_samples']} "
             f"videos for quality, {s['time_samples']} per timed generation (also the one counted for blocks, FLOPs "
             f"and memory), {s['repeats']} timed rounds. TeaCache / MagCache calibrated in the same run on "
             f"{s['calibration_prompts']} clips from {s['calibration_seed']}.")

@@ -176,9 +176,9 @@ class VideoTask:
             self.labels = None if self.label is None else torch.full((self.num_samples,), self.label)
         if self.sampling.get("cfg_scale", 1.0) != 1.0 and self.labels is None:
             raise ValueError("classifier-free guidance needs labels: pass --label, or --cfg-scale 1")
-        if self.sampling.get("context_scale", 1.0) != 1.0 and bool(self.mask.all()):
-            raise ValueError(f"--context-scale {self.sampling['context_scale']} guides towards given frames, but "
-                             f"task {self.task!r} gives none: use --context-scale 1")
+        if self.sampling.get("history_scale", 1.0) != 1.0 and bool(self.mask.all()):
+            raise ValueError(f"--history-scale {self.sampling['history_scale']} guides towards given frames, but "
+                             f"task {self.task!r} gives none: use --history-scale 1")
 
     @property
     def generated_frames(self) -> list[int]:

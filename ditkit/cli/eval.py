@@ -12,14 +12,15 @@ from ..core.outputs import check_output_path, write_json
 from ..evaluation.evaluate import (EVAL_CFG_SCALE, EVAL_GUIDANCE_INTERVAL, cfg_sweep, evaluate_pipeline, format_table,
                                    plot_cfg_sweep)
 from ..evaluation.text import HELDOUT_PROMPTS, TEXT_EVAL_CFG_SCALE, evaluate_prompts, read_prompts
-from ..evaluation.video import EVAL_TASKS, evaluate_video, metric_keys, plot_per_frame, save_examples
+from ..evaluation.video import EVAL_TASKS, ROLLOUT_FRAMES, evaluate_video, metric_keys, plot_per_frame, save_examples
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.diffusers_dit import diffusers_folder_kind
 from ..core.visual import save_grid
 from ..pipelines.text import is_text_model
 from ..pipelines.video import VideoPipeline
-from .flags import (add_context_scale_arg, add_sampling_args, add_text_args, check_text_flags,
-                    check_video_model_flags, guidance_interval, load_pipeline, positive_int, sampling_kwargs)
+from .flags import (add_history_guidance_args, add_sampling_args, add_text_args, check_text_flags,
+                    check_video_model_flags, guidance_interval, history_kwargs, load_pipeline, positive_int,
+                    sampling_kwargs)
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -94,7 +95,7 @@ def run_video_eval(args) -> dict:
     pipe = VideoPipeline.from_pretrained(args.model, args.device).set_recipe(args.recipe)
     result, tensors = evaluate_video(pipe, args.task, args.num_videos, args.num_sampling_steps, args.sampler,
                                      args.seed, args.batch_size, not args.no_progress and os.isatty(2), args.cfg_scale,
-                                     guidance_interval(args.guidance_interval), args.context_scale)
+                                     guidance_interval(args.guidance_interval), history_kwargs(args), args.num_frames)
     plot_path, examples_path = video_outputs(args)
     plot = plot_per_frame(result, plot_path) if plot_path else None
     result = {"model": str(args.model), **result, "plot": str(plot) if plot else None,
@@ -143,6 +144,9 @@ def check_args(args) -> None:
         return
     if args.task:
         raise ValueError(f"--task {args.task} scores video DiTs; {args.model} is an image DiT: drop --task")
+    for flag, value, default in (("--history-scale", args.history_scale, 1.0), ("--num-frames", args.num_frames, None)):
+        if value != default:
+            raise ValueError(f"{flag} {value} applies to video models; {args.model} is an image DiT: drop {flag}")
     if args.examples:
         raise ValueError("--examples writes the example clips of a video --task evaluation; drop it for image models")
     if args.prompts:
@@ -211,11 +215,14 @@ def register(sub):
     p.add_argument("--json", help="also write all results to this JSON file (a video --task evaluation also writes "
                                   "its per-frame plot and example clips next to it: NAME-per-frame.png, "
                                   "NAME-examples.png)")
-    p.add_argument("--task", choices=("predict", "interpolate", "complete", "story"),
+    p.add_argument("--task", choices=EVAL_TASKS,
                    help="video models: score this masked task on held-out Moving MNIST against a baseline (PSNR/SSIM; "
-                        "story: label accuracy, guided by --cfg-scale)")
+                        "predict and rollout also the true digit's identity; story: label accuracy, guided by "
+                        "--cfg-scale)")
     p.add_argument("--num-videos", type=positive_int, default=200, help="--task: held-out clips to evaluate")
-    add_context_scale_arg(p)
+    p.add_argument("--num-frames", type=positive_int, help=f"--task rollout: frames per video, beyond the model's "
+                                                           f"window (default {ROLLOUT_FRAMES})")
+    add_history_guidance_args(p)
     p.add_argument("--cfg-sweep", help="image models: evaluate at each of these comma-separated guidance scales "
                                        "(same seeds) and report the one with the lowest Fréchet distance")
     p.add_argument("--plot", help="--cfg-sweep: Fréchet distance and accuracy against the scale; video --task: each "

@@ -1,5 +1,5 @@
 """Flag helpers shared by the commands: the sampling flags (DiT names, diffusers names as aliases), the video
-context-guidance flag and the bench-task flags, with what turns them into a pipeline, its keyword arguments or a
+history-guidance flags and the bench-task flags, with what turns them into a pipeline, its keyword arguments or a
 bench task."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.tasks import ImageTask, TextTask, VideoTask, default_task, video_pipeline_on_canvas, video_task
+from ..diffusion.guidance import HISTORY_GUIDANCE
 from ..diffusion.masks import TASKS
 from ..diffusion.samplers import SAMPLERS
 from ..evaluation.text import TEXT_EVAL_CFG_SCALE
@@ -202,17 +203,29 @@ def check_video_model_flags(args) -> None:
                              f"checkpoint): drop {flag}")
 
 
-def add_context_scale_arg(p):
-    p.add_argument("--context-scale", type=nonnegative_float, default=1.0,
-                   help="video: guidance towards the given frames, v_free + s (v_given - v_free) with v_free the "
-                        "prediction with nothing given (1 = off; costs one more network call per step)")
+def add_history_guidance_args(p):
+    """History guidance of video models (:class:`~ditkit.diffusion.guidance.HistoryGuidedModel`)."""
+    p.add_argument("--history-scale", type=nonnegative_float, default=1.0,
+                   help="video: history guidance towards the given frames, w in v_free + w (v_given - v_free) with "
+                        "v_free the prediction with nothing given (1 = off; one more network call per step)")
+    p.add_argument("--history-guidance", choices=HISTORY_GUIDANCE, default="vanilla",
+                   help="video: vanilla (above) or fractional: v_given + (w - 1) (v_noised - v_free), the history "
+                        "noised to --history-noise (two more calls; models trained with per-frame noise levels)")
+    p.add_argument("--history-noise", type=positive_float, default=0.5,
+                   help="video, fractional history guidance: noise level of the history, in (0, 1) (1 = pure noise)")
+
+
+def history_kwargs(args) -> dict:
+    """The pipeline's history-guidance arguments from :func:`add_history_guidance_args`'s flags."""
+    return dict(history_scale=args.history_scale, history_guidance=args.history_guidance,
+                history_noise=args.history_noise)
 
 
 def add_task_args(p):
     """The task flags of ``ditkit bench`` and ``ditkit calibrate`` (names as ``ditkit generate-video``'s); sampler
     and CFG scale default by model kind: image ddim / 4, video the model's default sampler / 1."""
     p.set_defaults(sampler=None, cfg_scale=None)
-    add_context_scale_arg(p)
+    add_history_guidance_args(p)
     p.add_argument("--task", choices=TASKS, help="video models: the VDT task on held-out Moving MNIST clips "
                                                  "(default predict: the first half of the frames given)")
     p.add_argument("--label", type=nonnegative_int,
@@ -237,9 +250,9 @@ def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | TextT
             if getattr(args, dest) is not None:
                 raise ValueError(f"{flag} {getattr(args, dest)} applies to video models; {args.model} is an image "
                                  f"model: drop {flag}")
-        if args.context_scale != 1.0:
-            raise ValueError(f"--context-scale {args.context_scale} applies to video models; {args.model} is an "
-                             f"image model: drop --context-scale")
+        if args.history_scale != 1.0:
+            raise ValueError(f"--history-scale {args.history_scale} applies to video models; {args.model} is an "
+                             f"image model: drop --history-scale")
         pipe = load_pipeline(args)
         default_cfg = TEXT_EVAL_CFG_SCALE if isinstance(pipe, TextPipeline) else 4.0
         sampling.update(sampler=args.sampler or "ddim", cfg_scale=default_cfg if args.cfg_scale is None else
@@ -250,6 +263,6 @@ def load_task(args, num_samples: int, seed: int) -> tuple[Any, ImageTask | TextT
     if args.task == "story" and args.label is not None:
         raise ValueError("task 'story' follows each clip's own per-frame labels: drop --label")
     sampling.update(sampler=args.sampler or pipe.default_sampler,
-                    cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale, context_scale=args.context_scale)
+                    cfg_scale=1.0 if args.cfg_scale is None else args.cfg_scale, **history_kwargs(args))
     return pipe, video_task(pipe, num_samples, seed, sampling, args.task or "predict", args.label, args.given_frames,
                             4 if args.stride is None else args.stride, native)

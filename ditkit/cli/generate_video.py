@@ -22,8 +22,8 @@ from ..diffusion.masks import TASKS
 from ..evaluation.video import heldout_clip
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline, video_condition
-from .flags import (add_context_scale_arg, add_parallel_args, add_sampling_args, nonnegative_int, parallel_config,
-                    parallel_note, positive_int)
+from .flags import (add_history_guidance_args, add_parallel_args, add_sampling_args, history_kwargs, nonnegative_int,
+                    parallel_config, parallel_note, positive_int)
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".png")
 
@@ -95,18 +95,26 @@ def run(args):
     if F > window and args.task not in ("predict", "animate", "story", "uncond"):
         raise ValueError(f"videos longer than the model's {window} frames are continued autoregressively, which "
                          f"applies to predict, animate, story and uncond; use --num-frames <= {window} for {args.task}")
+    if F > window:
+        pipe.rollout_plan(args.history_frames, args.window_stride)
+    elif args.history_frames or args.window_stride:
+        raise ValueError(f"--history-frames and --window-stride shape a rollout beyond the model's {window} frames; "
+                         f"add --num-frames > {window} or drop them")
     mask = None if args.mask is None else load_mask(args.mask)
     context, mask = video_condition(args.task, context, window, pipe.frame_shape, args.given_frames, args.stride, mask)
     labels = frame_labels(args, F)
     if args.cfg_scale != 1.0 and labels is None:
         raise ValueError("classifier-free guidance needs labels: pass --label or --frame-labels, or --cfg-scale 1")
     t0 = time.time()
+    progress = not args.no_progress and os.isatty(2)
     kwargs = dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                  context_scale=args.context_scale, eta=args.eta, progress=not args.no_progress and os.isatty(2))
+                  eta=args.eta, **history_kwargs(args))
+    pipe.check_history_guidance(args.history_guidance, args.history_scale, args.history_noise)
     first = labels[:, :window] if labels is not None and labels.dim() == 2 else labels
-    video = pipe(context[None], mask, first, seed=args.seed, **kwargs)
+    video = pipe(context[None], mask, first, seed=args.seed, progress=progress and F <= window, **kwargs)
     if F > window:
-        video = pipe.extend(video, F, labels, seed=args.seed, **kwargs)
+        video = pipe.extend(video, F, labels, history=args.history_frames, stride=args.window_stride, seed=args.seed,
+                            progress=progress, **kwargs)
         mask = torch.cat([mask, torch.ones(F - window, *mask.shape[1:])])
     if not pipe.is_main:                        # every process holds the video; the first one writes it
         return
@@ -122,7 +130,7 @@ def register(sub):
                                               "complete, story or uncond; writes GIF, MP4 and a frame-strip PNG")
     add_sampling_args(g, image=False)
     g.set_defaults(model="moving-mnist-vdt", sampler=None, cfg_scale=1.0)
-    add_context_scale_arg(g)
+    add_history_guidance_args(g)
     g.add_argument("--task", choices=TASKS, required=True,
                    help="predict: first frames given; backward: last frames; interpolate: every --stride-th frame and "
                         "the last; animate: first frame; story: first frame + --frame-labels; complete: a centred "
@@ -132,7 +140,11 @@ def register(sub):
                                      "the held-out Moving MNIST evaluation set")
     g.add_argument("--resize", action="store_true", help="resize context frames to the model's frame size")
     g.add_argument("--num-frames", type=positive_int, help="frames to generate (default: the model's window; longer videos "
-                                                  "are continued window by window with half-window overlap)")
+                                                  "are rolled out window by window, see --history-frames)")
+    g.add_argument("--history-frames", type=positive_int, help="rollout: frames of the video so far that each new "
+                                                               "window is given (default half the window)")
+    g.add_argument("--window-stride", type=positive_int, help="rollout: new frames kept per window (default all the "
+                                                              "window generates: window - history frames)")
     g.add_argument("--given-frames", type=positive_int, help="predict/backward: number of given frames (default: the "
                                                     "context's frame count, or half for a full-length context)")
     g.add_argument("--stride", type=positive_int, default=4, help="interpolate: every n-th frame is given (and the last)")

@@ -172,7 +172,8 @@ class VideoModelSection:
     learn_sigma: bool = False
     class_dropout_prob: float = 0.1
     mask_channel: bool = True
-    init_from: str | None = None     # image DiT to inflate from: bundled name, .safetensors or results folder
+    frame_timesteps: bool = False    # one timestep per frame (given frames at the clean level; Diffusion Forcing)
+    init_from: str | None = None     # image DiT to inflate, or VideoDiT of this shape to fine-tune (name, file, folder)
     diffusers_class: str | None = None   # train this diffusers video class instead (e.g. WanTransformer3DModel)
     diffusers_config: dict | None = None  # its constructor arguments (channels: from the data and mask_channel)
 
@@ -220,6 +221,7 @@ class VideoTrainConfig:
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
     data: VideoDataSection = field(default_factory=VideoDataSection)
     masks: dict = field(default_factory=lambda: dict(DEFAULT_MASK_WEIGHTS))   # mask type -> weight in the mixture
+    independent_frame_noise: float = 0.0   # fraction of clips whose frames each draw their own noise level
     train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/moving-mnist-vdt"))
 
     def validate(self) -> None:
@@ -238,6 +240,14 @@ class VideoTrainConfig:
             _check(_number(weight) and weight >= 0, f"masks.{kind}", weight, ">= 0")
         _check(sum(self.masks.values()) > 0, "masks", self.masks, "weights with a positive sum",
                "give at least one mask type a positive weight, e.g. masks.predict=1")
+        _check(_number(self.independent_frame_noise) and 0 <= self.independent_frame_noise <= 1,
+               "independent_frame_noise", self.independent_frame_noise, "a probability in [0, 1]")
+        _check(self.independent_frame_noise == 0 or m.frame_timesteps, "independent_frame_noise",
+               self.independent_frame_noise, "0 unless model.frame_timesteps is true",
+               "per-frame noise levels need a network that takes one timestep per frame: set "
+               "model.frame_timesteps=true")
+        _check(not (m.frame_timesteps and m.diffusers_class), "model.frame_timesteps", m.frame_timesteps,
+               "false for model.diffusers_class", "diffusers video transformers take one timestep per video")
         if (m.in_channels, m.input_size, m.num_frames) != (d.channels, d.image_size, d.num_frames):
             raise ValueError(f"model.in_channels/input_size/num_frames ({m.in_channels}, {m.input_size}, "
                              f"{m.num_frames}) must match the data ({d.channels}, {d.image_size}, {d.num_frames}): "

@@ -9,6 +9,14 @@ from __future__ import annotations
 import torch
 
 
+def broadcast(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Per-sample [N] -> [N, 1, 1, ...] or per-frame [N, F] -> [N, 1, F, 1, ...] to broadcast over ``ndim`` dims
+    (channels at dim 1, frames at dim 2)."""
+    if values.dim() == 1:
+        return values.view(-1, *([1] * (ndim - 1)))
+    return values.view(values.shape[0], 1, values.shape[1], *([1] * (ndim - 3)))
+
+
 class FlowMatching:
     def __init__(self, timestep_scale: float = 1.0, train_eps: float = 0.0):
         self.timestep_scale = timestep_scale
@@ -16,7 +24,8 @@ class FlowMatching:
         self.learn_sigma = False
 
     def interpolate(self, data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tt = t.view(-1, *([1] * (data.ndim - 1)))
+        """t [N], or [N, F] per frame of a video (:mod:`ditkit.diffusion.frames`)."""
+        tt = broadcast(t, data.ndim)
         return tt * data + (1 - tt) * noise
 
     def sample_t(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from .flow import broadcast
+
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
     scale = 1000 / num_timesteps
@@ -43,9 +45,8 @@ def space_timesteps(num_timesteps: int, spacing: int | str) -> list[int]:
 
 
 def _gather(arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """arr[t] as float32 tensor on t's device, shaped [N, 1, 1, ...] to broadcast over ndim dims."""
-    out = torch.from_numpy(arr).to(t.device)[t].float()
-    return out.view(-1, *([1] * (ndim - 1)))
+    """arr[t] as float32 tensor on t's device, t [N] or per frame [N, F], shaped to broadcast over ndim dims."""
+    return broadcast(torch.from_numpy(arr).to(t.device)[t].float(), ndim)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):

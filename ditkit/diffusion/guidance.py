@@ -5,9 +5,9 @@ original DiT guides only the first 3 of its 4 latent channels, available as ``gu
 channels are taken from the conditional branch. Outside the optional guidance interval (noise level in [0, 1],
 1 = pure noise) only the conditional branch is evaluated.
 
-Context guidance (video masking, as Stable Video Diffusion guides towards its conditioning frame) pushes the
-prediction towards the given frames: v_free + scale * (v_given - v_free), where v_free is the network with nothing
-given and the null label, and v_given the (label-guided) prediction with the given frames.
+History guidance (video masking, :class:`HistoryGuidedModel`) pushes the prediction towards the given frames, in
+its vanilla form v_free + scale * (v_given - v_free), where v_free is the network with nothing given and the null
+label, and v_given the (label-guided) prediction with the given frames.
 """
 from __future__ import annotations
 
@@ -95,14 +95,27 @@ class GuidedModel:
         return torch.cat([guided, cond[:, g:]], dim=1)
 
 
-class ContextGuidedModel:
-    """``model_fn(x, t)``: ``free(x, t) + scale * (given(x, t) - free(x, t))``; ``given`` is the (label-guided)
-    prediction with the known frames, ``free`` the one with nothing given and the null label. ``branch_callback``
-    is told "free" before the extra network call."""
+HISTORY_GUIDANCE = ("vanilla", "fractional")
 
-    def __init__(self, given, free, scale: float, branch_callback=None):
-        check_guidance_scale(scale, "context_scale")
-        self.given, self.free, self.scale = given, free, scale
+
+class HistoryGuidedModel:
+    """History guidance (Song et al. 2025, History-Guided Video Diffusion), a classifier-free guidance over how much
+    of the past the network is shown. ``given(x, t)`` is the (label-guided) prediction with the history (the given
+    frames), ``free(x, t)`` the one with nothing given and the null label, ``noised(x, t)`` the one with the history
+    frames noised to a fractional level (a model trained with per-frame noise levels reads them as such).
+
+    - vanilla (HG-v): v_free + w (v_given - v_free), one extra call per step (what Stable Video Diffusion's guidance
+      towards its conditioning frame does);
+    - fractional (HG-f): v_given + (w - 1) (v_noised - v_free), two extra calls: guidance by the coarse content of
+      the history (its low frequencies survive the noise) on top of conditioning on the clean history, which the
+      paper finds keeps the motion that vanilla guidance freezes.
+
+    Both are the plain conditional prediction at w = 1. ``branch_callback`` is told "free" and "noised" before those
+    calls."""
+
+    def __init__(self, given, free, scale: float, noised=None, branch_callback=None):
+        check_guidance_scale(scale, "history_scale")
+        self.given, self.free, self.noised, self.scale = given, free, noised, scale
         self.branch_callback = branch_callback or (lambda branch: None)
 
     def set_timestep(self, t: float) -> None:
@@ -112,4 +125,7 @@ class ContextGuidedModel:
         v = self.given(x, t)
         self.branch_callback("free")
         v_free = self.free(x, t)
-        return v_free + self.scale * (v - v_free)
+        if self.noised is None:
+            return v_free + self.scale * (v - v_free)
+        self.branch_callback("noised")
+        return v + (self.scale - 1) * (self.noised(x, t) - v_free)

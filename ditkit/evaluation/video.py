@@ -1,4 +1,4 @@
-"""Video-task evaluation (``ditkit eval --task predict|interpolate|complete``) on held-out Moving MNIST.
+"""Video-task evaluation (``ditkit eval --task predict|interpolate|complete|rollout|story``) on held-out Moving MNIST.
 
 Clips are drawn like the model's training data (canvas, frames, digits, speed) but from the 1,000 held-out MNIST
 digits only, without identity switches, from a fixed seed. The model sees no labels (null label), only the given
@@ -8,7 +8,14 @@ per generated frame (mean over clips) and on average over those frames, next to 
 - predict (first half of the frames given): copy the last given frame;
 - interpolate (every 4th frame and the last given): linear blending of the two neighbouring given frames;
 - complete (a box of half the side at a random place in every frame): the box filled with the mean of the frame's
-  given pixels.
+  given pixels;
+- rollout (``num_frames`` frames, default 32, from the first half-window given): the model's first window predicts,
+  then :meth:`~ditkit.pipelines.video.VideoPipeline.extend` continues window by window (half a window of history);
+  baseline: copy the last given frame.
+
+Predict and rollout also report ``identity_accuracy``: the fraction of generated frames (rollout: of the last
+``IDENTITY_LAST_FRAMES``) in which ditkit's MNIST classifier reads the clip's true digit (the reading of ``story``
+below), with ``identity_accuracy_per_frame``.
 
 ``story`` scores label following instead: clips whose digit changes class at a random frame, the first frame given
 plus the true per-frame labels (classifier-free guidance ``cfg_scale``); ditkit's MNIST classifier reads the digit of
@@ -31,13 +38,16 @@ from ..core.configs import VideoTrainConfig
 from ..core.metrics import PSNR_CAP, psnr, ssim
 from ..core.visual import pyplot, save_figure, save_grid
 from ..data.video import MovingMNIST
-from ..diffusion.masks import task_mask
+from ..diffusion.masks import frames_mask, task_mask
 from .classifier import load_classifier
 
-EVAL_TASKS = ("predict", "interpolate", "complete", "story")
+EVAL_TASKS = ("predict", "interpolate", "complete", "rollout", "story")
 BASELINES = {"predict": "copy last given frame", "interpolate": "linear blend of the neighbouring given frames",
-             "complete": "masked box filled with the frame's mean given value", "story": "copy first frame"}
+             "complete": "masked box filled with the frame's mean given value", "rollout": "copy last given frame",
+             "story": "copy first frame"}
 EVAL_SEED = 10_000            # clip seed of the held-out evaluation set
+ROLLOUT_FRAMES = 32           # default length of a rollout evaluation
+IDENTITY_LAST_FRAMES = 8      # rollout: identity accuracy over the last frames
 
 
 def baseline_fill(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,11 +80,12 @@ def _per_frame(pred: torch.Tensor, truth: torch.Tensor, frames: list[int]) -> tu
     return p, s
 
 
-def _heldout_source(train_config, switch_prob: float) -> MovingMNIST:
+def _heldout_source(train_config, switch_prob: float, num_frames: int | None = None) -> MovingMNIST:
     d = train_config.data
     if d.name != "moving-mnist":
         raise ValueError(f"video evaluation uses held-out Moving MNIST; this model was trained on {d.name!r} data")
-    return _moving_mnist(d.image_size, d.num_frames, d.num_digits, d.digit_size, tuple(d.speed), float(switch_prob))
+    return _moving_mnist(d.image_size, num_frames or d.num_frames, d.num_digits, d.digit_size, tuple(d.speed),
+                         float(switch_prob))
 
 
 @functools.lru_cache(maxsize=4)
@@ -83,13 +94,14 @@ def _moving_mnist(canvas, num_frames, num_digits, digit_size, speed, switch_prob
     return MovingMNIST("heldout", canvas, num_frames, num_digits, digit_size, speed, switch_prob, EVAL_SEED)
 
 
-def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out Moving MNIST clips 0..num_videos-1 shaped like the model's training data: [num_videos, 1, F, H, W],
-    per-frame labels [N, F]. Memory: the two output tensors only (4 * F * H * W bytes per clip); for one clip of a
-    large index use :func:`heldout_clip`."""
+def heldout_clips(train_config, num_videos: int, switch_prob: float = 0.0,
+                  num_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out Moving MNIST clips 0..num_videos-1 shaped like the model's training data (``num_frames`` frames if
+    given): [num_videos, 1, F, H, W], per-frame labels [N, F]. Memory: the two output tensors only (4 * F * H * W
+    bytes per clip); for one clip of a large index use :func:`heldout_clip`."""
     if num_videos < 0:
         raise ValueError(f"the number of held-out clips must be >= 0, got {num_videos}")
-    return _heldout_source(train_config, switch_prob).get(range(num_videos))
+    return _heldout_source(train_config, switch_prob, num_frames).get(range(num_videos))
 
 
 def heldout_clip(train_config, index: int, switch_prob: float = 0.0) -> torch.Tensor:
@@ -127,14 +139,11 @@ def read_digits(frames: torch.Tensor, digit_size: int) -> torch.Tensor:
     return load_classifier()(torch.nn.functional.pad(digits, (2, 2, 2, 2), value=-1.0).clamp(-1, 1)).argmax(1)
 
 
-def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size, progress, cfg_scale,
-           guidance_interval, context_scale):
+def _story(pipe, train_config, num_videos, sampling, progress):
     truth, labels = heldout_clips(train_config, num_videos, switch_prob=1.0)
     N, _, F, H, W = truth.shape
     mask = task_mask("story", F, H, W).expand(N, 1, F, H, W)
-    pred = pipe(truth, mask, labels, num_sampling_steps=num_sampling_steps, sampler=sampler, cfg_scale=cfg_scale,
-                guidance_interval=guidance_interval, context_scale=context_scale, seed=seed, batch_size=batch_size,
-                progress=progress)
+    pred = pipe(truth, mask, labels, progress=progress, **sampling)
     size = train_config.data.digit_size
     frames = list(range(1, F))
     read = lambda video: read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), size).view(N, -1)
@@ -149,34 +158,59 @@ def _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, ba
     return result, {"truth": truth, "model": pred, "baseline": truth[:, :, :1].expand(-1, -1, F, -1, -1), "mask": mask}
 
 
+def identity_per_frame(video: torch.Tensor, labels: torch.Tensor, frames: list[int], digit_size: int) -> list[float]:
+    """For each of ``frames``, the fraction of videos [N, 1, F, H, W] whose digit reads as ``labels`` [N, F]."""
+    N, _, _, H, W = video.shape
+    read = read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), digit_size).view(N, -1)
+    return (read == labels[:, frames]).double().mean(dim=0).tolist()
+
+
 def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: int = 50, sampler: str | None = None,
                    seed: int = 0, batch_size: int | None = None, progress: bool = False,
-                   cfg_scale: float = 4.0, guidance_interval=None, context_scale: float = 1.0) -> tuple[dict, dict]:
+                   cfg_scale: float = 4.0, guidance_interval=None, guidance: dict | None = None,
+                   num_frames: int | None = None) -> tuple[dict, dict]:
     """Score a VideoPipeline on ``task``; returns (result dict, tensors: truth, model, baseline, mask).
-    ``cfg_scale`` and ``guidance_interval`` apply to 'story' only (the other tasks use no labels); ``context_scale``
-    is the guidance towards the given frames (1 = none)."""
+    ``cfg_scale`` and ``guidance_interval`` apply to 'story' only (the other tasks use no labels); ``guidance`` holds
+    the pipeline's history-guidance arguments (``history_scale``, ``history_guidance``, ``history_noise``);
+    ``num_frames``: rollout length (default ``ROLLOUT_FRAMES``)."""
     if task not in EVAL_TASKS:
         raise ValueError(f"unknown video evaluation task {task!r}; valid: {', '.join(EVAL_TASKS)}")
     if num_videos < 1:
         raise ValueError(f"--num-videos must be at least 1, got {num_videos}")
+    window = pipe.num_frames
+    if num_frames is not None and task != "rollout":
+        raise ValueError(f"--num-frames sets the length of a rollout evaluation; task {task!r} scores the model's "
+                         f"{window}-frame window: drop --num-frames or use --task rollout")
+    num_frames = ROLLOUT_FRAMES if num_frames is None and task == "rollout" else num_frames
+    if task == "rollout" and num_frames <= window:
+        raise ValueError(f"--num-frames {num_frames}: a rollout goes beyond the model's {window}-frame window; give "
+                         f"more than {window} frames, e.g. {ROLLOUT_FRAMES}")
     train_config = from_dict(VideoTrainConfig, pipe.metadata["train_config"])
+    guidance = dict(guidance or {})
+    pipe.check_history_guidance(guidance.get("history_guidance", "vanilla"), guidance.get("history_scale", 1.0),
+                                guidance.get("history_noise", 0.5))
+    sampling = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler, "seed": seed,
+                "batch_size": batch_size, **guidance}
     t0 = time.time()
     if task == "story":
-        result, tensors = _story(pipe, train_config, num_videos, num_sampling_steps, sampler, seed, batch_size,
-                                 progress, cfg_scale, guidance_interval, context_scale)
-        result["sampling"] = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
-                              "seed": seed, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval,
-                              "context_scale": context_scale, "labels": "true per-frame labels"}
+        sampling.update(cfg_scale=cfg_scale, guidance_interval=guidance_interval)
+        result, tensors = _story(pipe, train_config, num_videos, sampling, progress)
+        result["sampling"] = {**sampling, "labels": "true per-frame labels"}
         return {**result, "sampling_seconds": time.time() - t0}, tensors
-    truth = heldout_clips(train_config, num_videos)[0]
+    truth, labels = heldout_clips(train_config, num_videos, num_frames=num_frames)
     N, _, F, H, W = truth.shape
     if task == "complete":
         g = torch.Generator().manual_seed(EVAL_SEED)
         mask = torch.stack([task_mask(task, F, H, W, generator=g) for _ in range(N)]).unsqueeze(1)
+    elif task == "rollout":
+        mask = frames_mask(F, H, W, range(window // 2)).expand(N, 1, F, H, W)
     else:
         mask = task_mask(task, F, H, W).expand(N, 1, F, H, W)
-    pred = pipe(truth, mask, None, num_sampling_steps=num_sampling_steps, sampler=sampler, seed=seed,
-                context_scale=context_scale, batch_size=batch_size, progress=progress)
+    if task == "rollout":
+        first = pipe(truth[:, :, :window], mask[:, :, :window], None, progress=progress, **sampling)
+        pred = pipe.extend(first, F, None, history=window // 2, progress=progress, **sampling)
+    else:
+        pred = pipe(truth, mask, None, progress=progress, **sampling)
     seconds = time.time() - t0
     base = baseline_fill(truth, mask)
     frames = [f for f in range(F) if mask[:, :, f].any()]
@@ -190,15 +224,22 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
         "baseline": BASELINES[task],
         "data": f"held-out Moving MNIST (1,000 held-out digits), seed {EVAL_SEED}, {F} frames of {H}x{W}",
         "metrics": f"PSNR (dB, capped at {PSNR_CAP:g}) and SSIM on full frames in [-1, 1], mean over clips per frame",
-        "sampling": {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler,
-                     "seed": seed, "context_scale": context_scale, "labels": "none (null label)"},
+        "sampling": {**sampling, "labels": "none (null label)"},
         "sampling_seconds": seconds,
     }
+    if task in ("predict", "rollout"):
+        size = train_config.data.digit_size
+        scored = frames[-IDENTITY_LAST_FRAMES:] if task == "rollout" else frames
+        result["identity_accuracy_per_frame"] = identity_per_frame(pred, labels, frames, size)
+        result["baseline_identity_accuracy_per_frame"] = identity_per_frame(base, labels, frames, size)
+        result["identity_accuracy"] = mean(result["identity_accuracy_per_frame"][-len(scored):])
+        result["baseline_identity_accuracy"] = mean(result["baseline_identity_accuracy_per_frame"][-len(scored):])
+        result["identity_frames"] = scored
     return result, {"truth": truth, "model": pred, "baseline": base, "mask": mask}
 
 
 def metric_keys(result: dict) -> list[str]:
-    return [k for k in ("psnr", "ssim", "label_accuracy") if k in result]
+    return [k for k in ("psnr", "ssim", "identity_accuracy", "label_accuracy") if k in result]
 
 
 def plot_per_frame(result: dict, path: str | Path) -> Path | None:
@@ -216,7 +257,8 @@ def plot_per_frame(result: dict, path: str | Path) -> Path | None:
         for g in result["given_frames"]:
             ax.axvline(g, color="green", alpha=0.25, lw=6)
         ax.set_xlabel("frame (green: given)")
-        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "label_accuracy": "label accuracy"}[key])
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "identity_accuracy": "true digit read",
+                       "label_accuracy": "label accuracy"}[key])
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{result['task']}: {result['num_videos']} held-out clips")

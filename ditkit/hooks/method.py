@@ -12,7 +12,8 @@ parameters (paper defaults), registered under a name with :func:`register`. A re
     begin_branch(branch)      before each network call: "cond", "uncond" (separate CFG calls) or "cond+uncond"
                               (one batched call whose first half is conditional); "cond" also without guidance;
                               "cond+uncond/cond" or "/uncond": this process's half of it (CFG parallelism);
-                              "free" for video context guidance's extra call (nothing given, null label)
+                              "free" for video history guidance's extra call (nothing given, null label) and
+                              "noised" for fractional history guidance's (history frames partly noised)
     detach(model)             restore the model exactly (``HookPoints.release``)
 
 Parameters are declared with :func:`param` (type from the annotation; range, choices or a parser), and every recipe

@@ -2,7 +2,7 @@
 
 Shapes: F frames (F' = F / tubelet token frames), h x w = (H/p) x (W/p) token grid, S = h*w tokens per frame,
 T = F'*S tokens frame-major, hidden states [N, T, D], conditioning c [N, F', D] (timestep + label, per frame when
-labels are per frame): the block-stack contract of :mod:`ditkit.models.stack`, so every acceleration applies.
+timesteps [N, F] or labels [N, F] are per frame): the block-stack contract of :mod:`ditkit.models.stack`, so every acceleration applies.
 
 Attention layouts (``layout``), every attention call going through :class:`~ditkit.models.attention.Attention`:
 
@@ -17,6 +17,10 @@ exactly (:func:`inflate_from_dit`).
 
 Unified mask modelling (VDT): with ``mask`` (1 = generate, 0 = given; [N or 1, 1, F, H, W]) and clean ``context``,
 the input is ``mask * x + (1 - mask) * context``; with ``mask_channel`` the mask is also fed as one extra channel.
+
+Per-frame noise levels (Diffusion Forcing, :mod:`ditkit.diffusion.frames`): with ``frame_timesteps`` the model is
+trained and sampled with one timestep per frame, given frames at the clean level, so a window can mix clean,
+partly noised and noisy frames (history guidance, rollouts). The network accepts [N] or [N, F] timesteps either way.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class VideoDiTConfig(DiTConfig):
     tubelet: int = 1              # frames per token (1 = per-frame patches)
     layout: str = "vdt"           # vdt | latte | full3d
     mask_channel: bool = True     # feed the generation mask as an extra input channel
+    frame_timesteps: bool = False  # trained with one timestep per frame (given frames clean; see the module docstring)
 
 
 def video_dit_config(name: str, **overrides) -> VideoDiTConfig:
@@ -140,7 +145,7 @@ class VideoDiT(nn.Module):
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
               force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns tokens [N, F'*S, D] (frame-major) and per-frame conditioning c [N, F', D]."""
+        """t [N] or per frame [N, F]. Returns tokens [N, F'*S, D] (frame-major) and per-frame conditioning c [N, F', D]."""
         cfg = self.config
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[3:]) != cfg.image_hw:
             raise ValueError(f"expected video [N, {self.in_channels}, F, {cfg.image_hw[0]}, {cfg.image_hw[1]}], "
@@ -161,8 +166,12 @@ class VideoDiT(nn.Module):
         y = y.reshape(N, -1)
         if y.shape[1] not in (1, F):
             raise ValueError(f"labels must be [N] or per frame [N, {F}], got {list(y.shape)}")
+        t = t.reshape(N, -1)
+        if t.shape[1] not in (1, F):
+            raise ValueError(f"timesteps must be [N] or per frame [N, {F}], got {list(t.shape)}")
         drop = None if force_drop_ids is None else force_drop_ids.reshape(N, 1).expand_as(y).flatten()
-        c = self.t_embedder(t)[:, None] + self.y_embedder(y.flatten(), drop).view(N, y.shape[1], -1)
+        e = self.t_embedder(t.flatten()).view(N, t.shape[1], -1)                   # [N, 1 or F, D]
+        c = e + self.y_embedder(y.flatten(), drop).view(N, y.shape[1], -1)
         c = c.expand(N, F, c.shape[-1]).unflatten(1, (F // cfg.tubelet, cfg.tubelet)).mean(2)
         return tokens, c
 
@@ -217,7 +226,7 @@ class VideoDiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [N, C, F, H, W], t [N], y [N] or per-frame [N, F] class ids -> [N, C_out, F, H, W]."""
+        """x [N, C, F, H, W], t [N] or per-frame [N, F], y [N] or per-frame [N, F] class ids -> [N, C_out, F, H, W]."""
         tokens, c = self.embed(x, t, y, force_drop_ids, context, mask)
         return self.head(self.run_stack(tokens, c), c)
 

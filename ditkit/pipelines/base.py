@@ -215,7 +215,7 @@ class Pipeline:
     def denoise(self, model_fn, noise: NoiseSource, sample_shape: tuple[int, ...], num_sampling_steps: int,
                 sampler: str, eta: float = 0.0, progress: bool = False, step_callback=None,
                 clip_denoised: bool = False) -> torch.Tensor:
-        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)``, a guided model (CFG, context guidance).
+        """Sample [len(noise seeds), *sample_shape] from ``model_fn(x, t)``, a guided model (CFG, history guidance).
         The recipe is told the generation and every step; the guidance and the recipe the host timestep of every
         call, so their decisions read nothing from the device."""
         def timestep(t: float):

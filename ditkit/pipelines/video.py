@@ -5,7 +5,7 @@
     video = pipe(context[None], mask, labels=None, num_sampling_steps=50, seed=0)           # [1, C, F, H, W]
 
 Given positions (mask 0) of the output are the context values, bitwise; the sampler only generates the rest.
-Videos longer than the model's window are continued autoregressively (:meth:`VideoPipeline.extend`).
+Videos longer than the model's window are continued by a sliding-window rollout (:meth:`VideoPipeline.extend`).
 """
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core import checkpoint as ckpt
 from ..core.config import from_dict
 from ..core.configs import VideoTrainConfig
-from ..diffusion.guidance import ContextGuidedModel, GuidedModel
+from ..diffusion.frames import clean_timestep, frame_timesteps, given_frames_of, noise_to_level
+from ..diffusion.guidance import HISTORY_GUIDANCE, GuidedModel, HistoryGuidedModel, check_guidance_scale
 from ..diffusion.masks import check_mask, given_frames, task_mask
 from ..diffusion.samplers import NoiseSource
 from ..models.interop.diffusers_trainable import VIDEO_FORMAT
@@ -25,6 +27,8 @@ from ..models.video_dit import VideoDiT, VideoDiTConfig
 from .base import Pipeline, load_ditkit_model, resolve_model_path
 from .diffusers_dit import load_diffusers_video
 from .build import build_process
+
+HISTORY_NOISE_SEED = 1 << 30        # video i's history noise (fractional guidance) draws from seed + i + this
 
 
 def load_video_dit(name_or_path: str | Path, device="cpu") -> tuple[VideoDiT, dict]:
@@ -102,18 +106,40 @@ class VideoPipeline(Pipeline):
         return dict(num_videos=num_samples, num_sampling_steps=num_steps, sampler=self.default_sampler, cfg_scale=1.0,
                     seed=seed)
 
+    @property
+    def frame_timesteps(self) -> bool:
+        """Whether the network takes one timestep per frame (trained with per-frame noise levels)."""
+        return bool(getattr(self.model.config, "frame_timesteps", False))
+
+    def check_history_guidance(self, history_guidance: str, history_scale: float, history_noise: float) -> None:
+        """Bad history-guidance settings for this model raise here, before any sampling."""
+        check_guidance_scale(history_scale, "history_scale")
+        if history_guidance not in HISTORY_GUIDANCE:
+            raise ValueError(f"history_guidance={history_guidance!r}: valid: {', '.join(HISTORY_GUIDANCE)}")
+        if not 0 < history_noise < 1:
+            raise ValueError(f"history_noise={history_noise!r} is the noise level of the history in fractional "
+                             f"guidance: give a number in (0, 1) (0 = clean, 1 = pure noise), e.g. 0.5")
+        if history_guidance == "fractional" and history_scale != 1.0 and not self.frame_timesteps:
+            raise ValueError("fractional history guidance shows the network partly noised history frames, which needs a "
+                             "model trained with per-frame noise levels (model.frame_timesteps); this one takes one "
+                             "timestep per video: use history_guidance='vanilla' (--history-guidance vanilla)")
+
     @torch.no_grad()
     def __call__(self, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                  labels: Sequence | torch.Tensor | None = None, num_videos: int | None = None,
                  num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
-                 guidance_interval=None, context_scale: float = 1.0, seed: int = 0, eta: float = 0.0,
-                 batch_size: int | None = None, progress: bool = False, step_callback=None) -> torch.Tensor:
+                 guidance_interval=None, history_scale: float = 1.0, history_guidance: str = "vanilla",
+                 history_noise: float = 0.5, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
+                 progress: bool = False, step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
         labels [N] or per frame [N, F] (None = the null label). Without context: ``num_videos`` unconditional videos
         of the model's length. ``cfg_scale`` guides towards the labels (only at noise levels in
-        ``guidance_interval``, if given), ``context_scale`` towards the given frames
-        (one more network call per step; :class:`~ditkit.diffusion.guidance.ContextGuidedModel`).
+        ``guidance_interval``, if given), ``history_scale`` towards the given frames with ``history_guidance``
+        'vanilla' (one more network call per step) or 'fractional' (two more; the history noised to level
+        ``history_noise``, models trained with per-frame noise levels only;
+        :class:`~ditkit.diffusion.guidance.HistoryGuidedModel`).
         Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
+        self.check_history_guidance(history_guidance, history_scale, history_noise)
         if context is None:
             n = num_videos or (len(labels) if labels is not None else 1)
             context = torch.zeros(n, *self.frame_shape[:1], self.num_frames, *self.frame_shape[1:])
@@ -127,56 +153,97 @@ class VideoPipeline(Pipeline):
             raise ValueError(f"labels must be [{N}] or per frame [{N}, {F}], got {list(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() > null):
             raise ValueError(f"labels out of range: this model has classes 0..{null - 1} ({null} = no label)")
-        if context_scale != 1.0 and bool(mask.all()):
-            raise ValueError(f"context_scale={context_scale} guides towards given frames, but the mask gives nothing: "
-                             f"use context_scale=1 or a task with given frames")
+        if history_scale != 1.0 and bool(mask.all()):
+            raise ValueError(f"history_scale={history_scale} guides towards given frames, but the mask gives nothing: "
+                             f"use history_scale=1 or a task with given frames")
         bs = batch_size or N
         rows = self.sample_rows(N)
         outs = []
         for start in range(rows.start, rows.stop, bs):
             sl = slice(start, min(start + bs, rows.stop))
             ctx, m, y = context[sl].to(self.device), mask[sl].to(self.device), labels[sl].to(self.device)
-
-            def bound(x, t, y_, ctx=ctx, m=m):          # CFG may double the batch
-                r = x.shape[0] // ctx.shape[0]
-                return self.model(x, t, y_, context=ctx.repeat(r, 1, 1, 1, 1), mask=m.repeat(r, 1, 1, 1, 1))
-            noise = NoiseSource(range(seed + start, seed + start + len(ctx)), self.device)
-            network, branch = self.guidance_split(bound)
+            seeds = range(seed + start, seed + start + len(ctx))
+            network, branch = self.guidance_split(self._network(ctx, m))
             guided = GuidedModel(network, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
                                  branch_callback=branch)
-            if context_scale != 1.0:
+            if history_scale != 1.0:
                 free_y = torch.full((len(y),), null, dtype=torch.long, device=y.device)   # nothing given: no mask
-                free = lambda x, t, free_y=free_y: self.model(x, t, free_y)
-                guided = ContextGuidedModel(guided, free, context_scale, self.recipe.begin_branch)
-            x = self.denoise(guided, noise, (C, F, H, W), num_sampling_steps, sampler or self.default_sampler, eta,
-                             progress, step_callback)
+                free = self._network(ctx, torch.ones_like(m))
+                noised = None
+                if history_guidance == "fractional":
+                    history = NoiseSource([s + HISTORY_NOISE_SEED for s in seeds], self.device).randn(C, F, H, W)
+                    noised = self._network(ctx, m, history, history_noise)
+                guided = HistoryGuidedModel(guided, lambda x, t, free_y=free_y, free=free: free(x, t, free_y),
+                                            history_scale, None if noised is None else
+                                            (lambda x, t, y=y, noised=noised: noised(x, t, y)),
+                                            self.recipe.begin_branch)
+            x = self.denoise(guided, NoiseSource(seeds, self.device), (C, F, H, W), num_sampling_steps,
+                             sampler or self.default_sampler, eta, progress, step_callback)
             outs.append(torch.where(m.bool(), x.clamp(-1, 1), ctx).cpu())
         return self.gather_samples(torch.cat(outs), N)
 
-    def extend(self, video: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None,
-               overlap: int | None = None, seed: int = 0, **kwargs) -> torch.Tensor:
-        """Continue ``video`` [N, C, K, H, W] to ``num_frames`` frames, one model window at a time: each window gives
-        the last ``overlap`` frames (default half the window) and predicts the rest. ``labels`` [N, num_frames]
-        (per frame) or [N]; window w uses seed + w * N. Other arguments as for ``__call__``."""
+    def _network(self, ctx: torch.Tensor, mask: torch.Tensor, history_noise: torch.Tensor | None = None,
+                 level: float = 0.0):
+        """``net(x, t, y)`` for the videos ``ctx`` [n, C, F, H, W] with ``mask`` [n, 1, F, H, W]; CFG may double the
+        batch. Models with per-frame timesteps get the given frames at the clean level. With ``history_noise``
+        [n, C, F, H, W] the given frames enter as frames to generate, noised to noise level ``level`` (fractional
+        history guidance)."""
+        given = given_frames_of(mask)                                   # [n, F]
+        clean = clean_timestep(self.process)
+        if history_noise is not None:
+            noisy, level_t = noise_to_level(self.process, ctx, history_noise, level)
+            history = given[:, None, :, None, None]
+            mask = torch.where(history, torch.ones_like(mask), mask)
+
+        def net(x, t, y):
+            r = x.shape[0] // ctx.shape[0]
+            if history_noise is not None:
+                x = torch.where(history.repeat(r, 1, 1, 1, 1), noisy.repeat(r, 1, 1, 1, 1), x)
+                t = frame_timesteps(t, given.repeat(r, 1), level_t)
+            elif self.frame_timesteps:
+                t = frame_timesteps(t, given.repeat(r, 1), clean)
+            return self.model(x, t, y, context=ctx.repeat(r, 1, 1, 1, 1), mask=mask.repeat(r, 1, 1, 1, 1))
+        return net
+
+    def rollout_plan(self, history: int | None = None, stride: int | None = None) -> tuple[int, int]:
+        """(history, stride) of a rollout, defaults filled in: ``history`` frames given per window (default half the
+        window), ``stride`` new frames kept per window (default window - history)."""
         window = self.num_frames
-        overlap = window // 2 if overlap is None else overlap
-        if not 1 <= overlap < window:
-            raise ValueError(f"overlap must be in [1, {window - 1}], got {overlap}")
-        if video.shape[2] < overlap:
-            raise ValueError(f"need at least {overlap} frames to continue from, got {video.shape[2]}")
+        history = window // 2 if history is None else history
+        if not 1 <= history < window:
+            raise ValueError(f"history must be in [1, {window - 1}] frames (the model's window is {window}), got "
+                             f"{history} (--history-frames)")
+        stride = window - history if stride is None else stride
+        if not 1 <= stride <= window - history:
+            raise ValueError(f"stride must be in [1, {window - history}] (window {window} - history {history}), got "
+                             f"{stride} (--window-stride)")
+        return history, stride
+
+    def extend(self, video: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None,
+               history: int | None = None, stride: int | None = None, seed: int = 0, progress: bool = False,
+               **kwargs) -> torch.Tensor:
+        """Continue ``video`` [N, C, K, H, W] to ``num_frames`` frames by a sliding-window autoregressive rollout:
+        each window of the model's length gives the last ``history`` frames of the video so far (default half the
+        window), generates the rest and keeps the first ``stride`` of them (default all: window - history). ``labels``
+        [N, num_frames] (per frame) or [N]; window w uses seed + w * N; ``progress`` shows a bar over windows.
+        Other arguments as for ``__call__``."""
+        window = self.num_frames
+        history, stride = self.rollout_plan(history, stride)
+        if video.shape[2] < history:
+            raise ValueError(f"need at least {history} frames to continue from, got {video.shape[2]}")
         N, C, _, H, W = video.shape
         mask = torch.ones(1, 1, window, H, W)
-        mask[:, :, :overlap] = 0
-        w = 0
-        while video.shape[2] < num_frames:
-            start = video.shape[2] - overlap
+        mask[:, :, :history] = 0
+        windows = -(-max(num_frames - video.shape[2], 0) // stride)
+        for w in tqdm(range(1, windows + 1), desc="windows", disable=not (progress and self.is_main), leave=False):
+            start = video.shape[2] - history
             ctx = torch.zeros(N, C, window, H, W)
-            ctx[:, :, :overlap] = video[:, :, start:]
+            ctx[:, :, :history] = video[:, :, start:]
             y = labels
             if labels is not None and labels.dim() == 2:
                 y = labels[:, start:start + window]
                 y = torch.cat([y, y[:, -1:].expand(N, window - y.shape[1])], dim=1)
-            w += 1
             out = self(ctx, mask, y, seed=seed + w * N, **kwargs)
-            video = torch.cat([video, out[:, :, overlap:overlap + num_frames - video.shape[2]]], dim=2)
+            keep = min(stride, num_frames - video.shape[2])
+            video = torch.cat([video, out[:, :, history:history + keep]], dim=2)
         return video

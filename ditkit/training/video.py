@@ -3,6 +3,9 @@ configs whose ``model.name`` starts with 'VideoDiT'; see configs/moving-mnist-vd
 
 Each step draws, for every video of the global batch, a mask from the ``masks`` mixture (1 = generate); the network
 sees ``mask * x_t + (1 - mask) * x_0`` (the given positions clean) and the loss covers the generated positions only.
+With ``model.frame_timesteps`` the network gets one timestep per frame, the given frames at the clean level, and in a
+fraction ``independent_frame_noise`` of the clips every generated frame draws its own noise level (Diffusion Forcing:
+the model learns to denoise windows whose frames sit at different noise levels).
 Everything else (EMA, warm-up, clipping, checkpoints, exact resume, DDP, randomness as a pure function of
 (seed, step)) is the image trainer's, see :mod:`ditkit.training.trainer`.
 """
@@ -15,11 +18,14 @@ import torch
 from ..core.configs import VideoDataSection, VideoModelSection, VideoTrainConfig
 from ..core.devices import resolve_device
 from ..data.video import MovingMNIST, VideoFolder
+from ..diffusion.frames import frame_timesteps, given_frames_of, training_timestep
 from ..diffusion.masks import training_masks
 from ..models.interop.diffusers_trainable import build_diffusers_video_model
 from ..models.video_dit import VideoDiT, inflate_from_dit, video_dit_config
 from ..pipelines.build import build_process
+from ..pipelines.base import is_video_model
 from ..pipelines.image import load_dit
+from ..pipelines.video import load_video_dit
 from .parallel import TrainingGroup
 from .trainer import batch_indices, prepare_training, run_training
 
@@ -37,8 +43,13 @@ def load_video_data(section: VideoDataSection, split: str = "train", seed: int =
     raise ValueError(f"unknown video dataset {section.name!r}; valid: moving-mnist, folder")
 
 
+ARCHITECTURE_KEYS = ("layout", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio", "input_size", "tubelet",
+                     "in_channels", "num_classes", "learn_sigma", "mask_channel")
+
+
 def build_video_model(section: VideoModelSection):
-    """A VideoDiT, or the diffusers video class ``section.diffusers_class`` (:class:`DiffusersVideoModel`)."""
+    """A VideoDiT (inflated from an image DiT or started from a VideoDiT with ``init_from``; a VideoDiT fine-tuned
+    with ``frame_timesteps`` learns per-frame noise levels from its per-video ones), or the diffusers video class ``section.diffusers_class`` (:class:`DiffusersVideoModel`)."""
     if section.diffusers_class:
         if section.init_from:
             raise ValueError("model.init_from inflates an image DiT into a VideoDiT; drop it for model.diffusers_class")
@@ -49,8 +60,17 @@ def build_video_model(section: VideoModelSection):
                                       num_frames=section.num_frames, tubelet=section.tubelet,
                                       in_channels=section.in_channels, num_classes=section.num_classes,
                                       learn_sigma=section.learn_sigma, class_dropout_prob=section.class_dropout_prob,
-                                      mask_channel=section.mask_channel))
-    if section.init_from:
+                                      mask_channel=section.mask_channel, frame_timesteps=section.frame_timesteps))
+    if section.init_from and is_video_model(section.init_from):
+        start = load_video_dit(section.init_from)[0]
+        differ = {k: getattr(start.config, k) for k in ARCHITECTURE_KEYS
+                  if getattr(start.config, k) != getattr(model.config, k)}
+        if differ:
+            raise ValueError(f"model.init_from={section.init_from} is a VideoDiT of another architecture: fine-tuning "
+                             f"starts from the same one; it has {', '.join(f'{k}={v}' for k, v in differ.items())} "
+                             f"(depth, width, heads and patch come from model.name)")
+        model.load_state_dict(start.state_dict(), strict=True)
+    elif section.init_from:
         inflate_from_dit(model, load_dit(section.init_from)[0])
     return model
 
@@ -79,12 +99,16 @@ def train_video(cfg: VideoTrainConfig, resume: str | None = None, progress: bool
     def losses(train_model, step: int, g: torch.Generator) -> dict:
         idx = batch_indices(t_cfg.seed, step, B, data.length) if data.length else torch.arange(step * B, (step + 1) * B)
         noise = part(torch.randn((B, m_cfg.in_channels, F, H, W), generator=g))
-        if cfg.diffusion.objective == "ddpm":
-            t = part(torch.randint(0, process.num_timesteps, (B,), generator=g))
-        else:
-            t = part(process.sample_t(B, g))
+        draw_t = (lambda n: torch.randint(0, process.num_timesteps, (n,), generator=g)) \
+            if cfg.diffusion.objective == "ddpm" else (lambda n: process.sample_t(n, g))
+        t = draw_t(B)
         drop = part(torch.rand(B, generator=g) < m_cfg.class_dropout_prob)
-        mask = part(training_masks(B, F, H, W, cfg.masks, g))
+        mask = training_masks(B, F, H, W, cfg.masks, g)
+        if m_cfg.frame_timesteps:
+            independent = torch.rand(B, generator=g) < cfg.independent_frame_noise
+            t = torch.where(independent[:, None], draw_t(B * F).view(B, F), t[:, None])
+            t = frame_timesteps(t, given_frames_of(mask), training_timestep(process, 0.0))
+        t, mask = part(t), part(mask)
         labelled = {"labelled": ~drop} if isinstance(data, MovingMNIST) else {}    # no identity switch unlabelled
         x, y = (v.to(device) for v in data.get(idx[lo:lo + local_batch], **labelled))
         return process.training_losses(train_model, x, t, noise, {"y": y, "force_drop_ids": drop, "context": x,

@@ -33,7 +33,7 @@ from ...models.stack import Branch, check_stack, run_blocks
 BRANCH_ROWS = {"cond": ("cond",), "uncond": ("uncond",), "cond+uncond": ("cond", "uncond"),
                "uncond+cond": ("uncond", "cond"),                # diffusers pipelines' batched CFG
                "cond+uncond/cond": ("cond",), "cond+uncond/uncond": ("uncond",),   # one half per CFG-parallel process
-               "free": ("free",)}                       # video context guidance's nothing-given call
+               "free": ("free",), "noised": ("noised",)}   # video history guidance's no-history / noised-history calls
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor, shard=None) -> torch.Tensor:
