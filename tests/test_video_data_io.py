@@ -9,7 +9,9 @@ from test_video_masks import save_tiny_model
 
 from ditkit.cli import main
 from ditkit.core.video_io import load_video, read_video, save_video, write_mp4
-from ditkit.data.video import MovingMNIST, VideoFolder
+from ditkit.data.scenes import WORDS
+from ditkit.data.video import CAPTION_WORDS, DIRECTIONS, MovingMNIST, VideoFolder, direction
+from ditkit.models.text import WordTokenizer
 
 pytest.importorskip("av")
 
@@ -49,6 +51,34 @@ def test_moving_mnist_digits_move_and_splits_differ():
     assert not set(map(bytes, train.digits[:50])) & set(map(bytes, data.digits))        # disjoint digit pools
     with pytest.raises(ValueError, match="digit_size"):
         MovingMNIST(canvas=16, digit_size=20)
+
+
+def test_moving_mnist_captions_say_what_the_clip_shows(moving):
+    """Captions name each digit (and what the lead digit turns into), its first direction of motion as the drawn
+    frames show it, and the edges it bounces off; per-frame captions name the frame's digit; every word is in the
+    caption vocabulary; captions are deterministic and leave the clips bitwise unchanged."""
+    words = set(CAPTION_WORDS) | {str(d) for d in range(10)} | set(WORDS)
+    for index in range(40):
+        caption, frames = moving.caption(index), moving.frame_captions(index)
+        assert caption == moving.caption(index) and len(frames) == 6
+        assert set(WordTokenizer.words(caption + " " + " ".join(frames))) <= words, caption
+        labels, track = moving.motion(index)[0]                    # the lead digit: named first
+        assert read_numbers(caption)[0] == labels[0]
+        assert (f"into {labels[-1]}" in caption or f"into {WORDS[labels[-1]]}" in caption) == (labels[-1] != labels[0])
+        assert DIRECTIONS[direction(track.velocities[0])] in caption
+        assert all(edge in caption for _, edge in track.bounces)
+        assert [read_numbers(f)[0] for f in frames] == list(labels)
+        first = track.bounces[0][0] if track.bounces else 6             # frames before the first bounce move straight
+        if first >= 2:
+            step = track.corners[first - 1] - track.corners[0]
+            dy, dx = direction(track.velocities[0])
+            assert (dy == 0 or np.sign(step[0]) == dy) and (dx == 0 or np.sign(step[1]) == dx)
+    assert torch.equal(moving.get([7])[0], MovingMNIST("train", 32, 6, 2, 14, switch_prob=0.5, seed=3).get([7])[0])
+    assert direction((0.1, 0.1)) == (0, 0) and direction((-2, 0.3)) == (-1, 0) and direction((1, -1)) == (1, -1)
+
+
+def read_numbers(text: str) -> list[int]:
+    return [int(w) if w.isdigit() else WORDS.index(w) for w in WordTokenizer.words(text) if w.isdigit() or w in WORDS]
 
 
 def test_gif_mp4_png_round_trip(tmp_path):

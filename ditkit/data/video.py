@@ -6,13 +6,15 @@
   (digit 0) turns into a digit of another class at a random frame, which gives per-frame label sequences ("story");
   only in clips whose labels the model is shown (``get(..., labelled=)``): without them a switch is unpredictable,
   and a model trained on such clips learns that digits may morph at any frame. Labels are the lead digit's class
-  in each frame.
+  in each frame. Captions (``caption``) say which digit, what it turns into, where it moves (8 compass directions)
+  and which edges it bounces off; ``frame_captions`` give one caption per frame (story continuation).
 - :class:`VideoFolder`: clips cut from the video files (MP4, GIF, ... decoded with PyAV) under a folder; one
   subfolder per class, or files directly in the folder (one class).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +23,60 @@ from PIL import Image
 
 from ..core.video_io import VIDEO_SUFFIXES, read_video
 from .images import mnist_split
+from .scenes import _number
+
+
+EDGES = (("top", "bottom"), ("left", "right"))          # the edge hit along axis 0 (rows) and 1 (columns)
+DIRECTIONS = {(-1, 0): "up", (1, 0): "down", (0, -1): "left", (0, 1): "right", (-1, -1): "up and to the left",
+              (-1, 1): "up and to the right", (1, -1): "down and to the left", (1, 1): "down and to the right",
+              (0, 0): "in place"}
+STILL_SPEED = 0.25             # px / frame: slower than this is "in place"
+CAPTION_STREAM = 1             # captions draw their phrasing from generator (seed, index, CAPTION_STREAM)
+CAPTION_WORDS = ("a", "an", "the", "digit", "number", "moving", "going", "moves", "turning", "into", "bouncing",
+                 "off", "edge", "edges", "and", "to", "in", "place") + tuple(w for d in DIRECTIONS.values() for w in d.split()) \
+    + tuple(e for pair in EDGES for e in pair)
+
+
+class Track(NamedTuple):
+    """One digit's path: top-left corners [F, 2] (row, column; integers), velocity leaving each frame [F, 2]
+    (px / frame) and the bounces [(frame, edge)] (the frame whose motion is reflected)."""
+    corners: np.ndarray
+    velocities: np.ndarray
+    bounces: list
+
+
+def direction(velocity) -> tuple[int, int]:
+    """Velocity (rows, columns) -> one of the 8 compass directions (-1, 0, 1 per axis; rows grow downwards) or
+    (0, 0) below ``STILL_SPEED``: an axis counts when its component exceeds sin(22.5 deg) of the speed."""
+    dy, dx = float(velocity[0]), float(velocity[1])
+    speed = np.hypot(dy, dx)
+    if speed < STILL_SPEED:
+        return 0, 0
+    threshold = np.sin(np.pi / 8) * speed
+    return (int(np.sign(dy)) if abs(dy) > threshold else 0), (int(np.sign(dx)) if abs(dx) > threshold else 0)
+
+
+def _digit_phrase(digit: int, rng: np.random.Generator) -> str:
+    """'a 3', 'an eight', 'the digit 3', 'the number three', 'the 3' (numeral or word at random)."""
+    article, number = ("a", "the digit", "the number", "the")[rng.integers(4)], _number(digit, rng)
+    return f"{'an' if article == 'a' and number[0] in '8e' else article} {number}"
+
+
+def _verb(rng: np.random.Generator) -> str:
+    return ("moving", "going", "moves")[rng.integers(3)]
+
+
+def motion_phrase(labels: np.ndarray, track: Track, rng: np.random.Generator) -> str:
+    """One digit's caption: '<article> <digit>[ turning into <digit>] <verb> <direction>[, bouncing off the <edge>
+    [and the <edge>] edge]', the direction that of its first frame."""
+    phrase = _digit_phrase(int(labels[0]), rng)
+    if labels[-1] != labels[0]:
+        phrase += f" turning into {_number(int(labels[-1]), rng)}"
+    phrase += f" {_verb(rng)} {DIRECTIONS[direction(track.velocities[0])]}"
+    edges = list(dict.fromkeys(edge for _, edge in track.bounces))
+    if edges:
+        phrase += ", bouncing off the " + " and the ".join(edges) + (" edges" if len(edges) > 1 else " edge")
+    return phrase
 
 
 class MovingMNIST:
@@ -43,40 +99,72 @@ class MovingMNIST:
         self.canvas, self.num_frames, self.num_digits, self.digit_size = canvas, num_frames, num_digits, digit_size
         self.speed, self.switch_prob, self.seed = (float(speed[0]), float(speed[1])), switch_prob, seed
 
-    def _trajectory(self, rng: np.random.Generator) -> np.ndarray:
-        """Integer top-left corners [F, 2] of one digit bouncing off the canvas edges."""
+    def _trajectory(self, rng: np.random.Generator) -> Track:
+        """One digit bouncing off the canvas edges: integer top-left corners, velocities, bounces."""
         hi = self.canvas - self.digit_size
         pos = rng.uniform(0, hi, size=2)
         angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(*self.speed)
         vel = speed * np.array([np.sin(angle), np.cos(angle)])
-        out = np.empty((self.num_frames, 2), dtype=np.int64)
+        corners = np.empty((self.num_frames, 2), dtype=np.int64)
+        velocities = np.empty((self.num_frames, 2))
+        bounces = []
         for f in range(self.num_frames):
-            out[f] = np.rint(pos)
+            corners[f], velocities[f] = np.rint(pos), vel
             pos = pos + vel
             for a in range(2):
                 if pos[a] < 0 or pos[a] > hi:
+                    if f + 1 < self.num_frames:
+                        bounces.append((f + 1, EDGES[a][int(pos[a] > hi)]))
                     pos[a] = -pos[a] if pos[a] < 0 else 2 * hi - pos[a]
                     vel[a] = -vel[a]
-        return out
+        return Track(corners, velocities, bounces)
+
+    def _draw(self, index: int, labelled: bool) -> tuple[list[np.ndarray], list[Track]]:
+        """Every random draw of clip ``index``: per digit, its MNIST index per frame [F] and its track."""
+        rng = np.random.default_rng([self.seed, index])
+        F_ = self.num_frames
+        ids, tracks = [], []
+        for d in range(self.num_digits):
+            digit_ids = np.full(F_, rng.integers(len(self.labels)))
+            if d == 0 and rng.random() < self.switch_prob and F_ > 1:
+                other = (self.labels[digit_ids[0]] + rng.integers(1, 10)) % 10
+                new_id = rng.choice(self.by_class[other])                 # drawn first: clips as before
+                at = rng.integers(1, F_)
+                digit_ids[at:] = new_id if labelled else digit_ids[0]
+            ids.append(digit_ids)
+            tracks.append(self._trajectory(rng))
+        return ids, tracks
 
     def clip(self, index: int, labelled: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Clip ``index``: frames [F, H, W] float32 in [-1, 1] and the lead digit's class per frame [F]. Unlabelled,
         the same clip without the identity switch (same digits and trajectories)."""
-        rng = np.random.default_rng([self.seed, index])
-        F_, s = self.num_frames, self.digit_size
-        frames = np.zeros((F_, self.canvas, self.canvas), dtype=np.float32)
-        labels = None
-        for d in range(self.num_digits):
-            ids = np.full(F_, rng.integers(len(self.labels)))
-            if d == 0 and rng.random() < self.switch_prob and F_ > 1:
-                other = (self.labels[ids[0]] + rng.integers(1, 10)) % 10
-                new_id = rng.choice(self.by_class[other])                 # drawn first: clips as before
-                at = rng.integers(1, F_)
-                ids[at:] = new_id if labelled else ids[0]
-            labels = self.labels[ids] if d == 0 else labels
-            for f, (y, x) in enumerate(self._trajectory(rng)):
-                np.maximum(frames[f, y:y + s, x:x + s], self.digits[ids[f]], out=frames[f, y:y + s, x:x + s])
-        return frames * 2 - 1, labels
+        s = self.digit_size
+        frames = np.zeros((self.num_frames, self.canvas, self.canvas), dtype=np.float32)
+        ids, tracks = self._draw(index, labelled)
+        for digit_ids, track in zip(ids, tracks):
+            for f, (y, x) in enumerate(track.corners):
+                np.maximum(frames[f, y:y + s, x:x + s], self.digits[digit_ids[f]], out=frames[f, y:y + s, x:x + s])
+        return frames * 2 - 1, self.labels[ids[0]]
+
+    def motion(self, index: int, labelled: bool = True) -> list[tuple[np.ndarray, Track]]:
+        """What clip ``index`` shows, per digit: its class per frame [F] and its :class:`Track`."""
+        ids, tracks = self._draw(index, labelled)
+        return [(self.labels[digit_ids], track) for digit_ids, track in zip(ids, tracks)]
+
+    def caption(self, index: int, labelled: bool = True) -> str:
+        """A caption of clip ``index`` (phrasing drawn from its own generator; the clip's draws are untouched):
+        each digit, what it turns into, where it moves and the edges it bounces off, e.g. 'the digit 3 moving up and
+        to the left, bouncing off the top edge'."""
+        rng = np.random.default_rng([self.seed, index, CAPTION_STREAM])
+        return " and ".join(motion_phrase(labels, track, rng) for labels, track in self.motion(index, labelled))
+
+    def frame_captions(self, index: int, labelled: bool = True) -> list[str]:
+        """One caption per frame of clip ``index`` (StoryDALL-E's story continuation): the lead digit's class in that
+        frame and its direction of motion there, e.g. ['a 3 moving left', ..., 'a five moving right']."""
+        rng = np.random.default_rng([self.seed, index, CAPTION_STREAM])
+        labels, track = self.motion(index, labelled)[0]
+        return [f"{_digit_phrase(int(c), rng)} {_verb(rng)} {DIRECTIONS[direction(v)]}"
+                for c, v in zip(labels, track.velocities)]
 
     def get(self, indices, labelled=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``labelled`` [N] bool (default all True): which clips' labels the model sees (see the module docstring)."""
