@@ -1,6 +1,6 @@
 """The block-stack contract: every caching method on every model that implements it (image DiT, the three VideoDiT
-layouts, a plain pre-norm model without adaLN), through the video pipeline with CFG and history guidance; the hook
-points (conflicts refused in one place, detach restores exactly)."""
+layouts, a captioned VideoDiT with per-frame captions, a plain pre-norm model without adaLN), through the video
+pipeline with CFG and history guidance; the hook points (conflicts refused in one place, detach restores exactly)."""
 import pytest
 import torch
 import torch.nn as nn
@@ -9,12 +9,14 @@ from ditkit.acceleration.cache.calibration import save_calibration
 from ditkit.acceleration.counting import BlockCounter
 from ditkit.acceleration.recipes import Recipe
 from ditkit.bench.tasks import calibrate_on_task
+from ditkit.core.configs import TextEncoderSection
 from ditkit.diffusion.flow import FlowMatching
 from ditkit.models.attention import Attention, TokenLayout
 from ditkit.models.dit import Mlp, TimestepEmbedder
 from ditkit.models.stack import Branch, run_blocks
 from ditkit.models.video_dit import LAYOUTS, VideoDiT, video_dit_config
 from ditkit.pipelines.video import VideoPipeline
+from ditkit.training.video import caption_config
 
 STEPS = 6
 NEVER_SKIP = ["fora:interval=1", "firstblockcache:threshold=0", "teacache:threshold=0", "taylorseer:interval=1",
@@ -23,10 +25,16 @@ SKIPPING = ["fora", "firstblockcache:threshold=10", "teacache:threshold=10", "ta
             "toca:ratio=0.3", "delta_dit"]
 
 
+CAPTIONED = "full3d+captions"          # the full-3D layout with per-frame captions (cross-attention in every block)
+
+
 def tiny_video(layout: str, seed: int = 0) -> VideoDiT:
     torch.manual_seed(seed)
+    captions = {}
+    if layout == CAPTIONED:
+        layout, captions = "full3d", caption_config(TextEncoderSection(dim=16, depth=1, num_heads=2, max_length=12))
     model = VideoDiT(video_dit_config("VideoDiT-T/8", input_size=16, in_channels=1, num_classes=4, depth=2,
-                                      layout=layout, num_frames=4, learn_sigma=False)).eval()
+                                      layout=layout, num_frames=4, learn_sigma=False, **captions)).eval()
     for module in model.modules():
         if isinstance(module, nn.Linear) and not module.weight.any():
             nn.init.normal_(module.weight, std=0.05)
@@ -34,7 +42,7 @@ def tiny_video(layout: str, seed: int = 0) -> VideoDiT:
     return model
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=LAYOUTS + (CAPTIONED,))
 def video_pipe(request):
     return VideoPipeline(tiny_video(request.param), FlowMatching(1000.0))
 
@@ -45,11 +53,12 @@ def predict(pipe, spec, n=2, seed=0, cfg_scale=2.0, history_scale=2.0):
     context = torch.rand(n, 1, 4, 16, 16) * 2 - 1
     mask = torch.ones(1, 1, 4, 16, 16)
     mask[:, :, :2] = 0
+    captions = {"frame_prompts": [["a 3 moving left"] * 2 + ["a 5 moving up"] * 2] * n} if pipe.captioned else {}
     pipe.set_recipe(None if spec == "none" else spec)
     try:
         with BlockCounter(pipe.model) as counter:
             out = pipe(context, mask, labels=list(range(n)), num_sampling_steps=STEPS, cfg_scale=cfg_scale,
-                       history_scale=history_scale, seed=seed)
+                       history_scale=history_scale, seed=seed, **captions)
     finally:
         pipe.set_recipe(None)
     return out, counter.blocks
@@ -99,7 +108,8 @@ def test_video_detach_restores_the_model_exactly(video_pipe):
         predict(video_pipe, spec)
         assert vars(model) == before
         assert all(a.backend is None and a.observer is None for a in model.modules() if isinstance(a, Attention))
-        assert all(type(m) is nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
+        assert all(type(m) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)     # (text encoder)
+                   for m in model.modules() if "Linear" in type(m).__name__)
     assert torch.equal(predict(video_pipe, "none")[0], ref)
 
 

@@ -40,14 +40,29 @@ def load_mask(path: str | Path) -> torch.Tensor:
 
 def frame_labels(args, num_frames: int) -> torch.Tensor | None:
     """[1] or [1, F] labels from --label / --frame-labels (a single --frame-labels value applies to every frame)."""
-    if args.task == "story" and not args.frame_labels:
-        raise ValueError("task 'story' needs --frame-labels: one class per frame (the label sequence to follow)")
+    if args.task == "story" and not args.frame_labels and not args.frame_prompts:
+        raise ValueError("task 'story' needs --frame-labels (one class per frame, the label sequence to follow) or, "
+                         "for a captioned model, --frame-prompts (one caption per frame)")
     if args.frame_labels:
         labels = args.frame_labels * num_frames if len(args.frame_labels) == 1 else args.frame_labels
         if len(labels) != num_frames:
             raise ValueError(f"--frame-labels needs 1 or {num_frames} values (one per frame), got {len(labels)}")
         return torch.tensor([labels])
     return None if args.label is None else torch.tensor([args.label])
+
+
+def frame_captions(args, num_frames: int) -> dict:
+    """{'prompt': caption} from --prompt or {'frame_prompts': one caption per frame} from --frame-prompts (a single
+    value applies to every frame); {} without either."""
+    if args.prompt is not None and args.frame_prompts:
+        raise ValueError("give --prompt (one caption for the video) or --frame-prompts (one per frame), not both")
+    if args.frame_prompts:
+        prompts = args.frame_prompts * num_frames if len(args.frame_prompts) == 1 else args.frame_prompts
+        if len(prompts) != num_frames:
+            raise ValueError(f"--frame-prompts needs 1 or {num_frames} captions (one per frame), got "
+                             f"{len(args.frame_prompts)}")
+        return {"frame_prompts": list(prompts)}
+    return {} if args.prompt is None else {"prompt": args.prompt}
 
 
 def load_context(spec: str, pipe) -> torch.Tensor:
@@ -103,18 +118,22 @@ def run(args):
     mask = None if args.mask is None else load_mask(args.mask)
     context, mask = video_condition(args.task, context, window, pipe.frame_shape, args.given_frames, args.stride, mask)
     labels = frame_labels(args, F)
-    if args.cfg_scale != 1.0 and labels is None:
-        raise ValueError("classifier-free guidance needs labels: pass --label or --frame-labels, or --cfg-scale 1")
+    captions = frame_captions(args, F)
+    if args.cfg_scale != 1.0 and labels is None and not captions:
+        raise ValueError("classifier-free guidance needs labels or captions: pass --label, --frame-labels, --prompt or "
+                         "--frame-prompts, or --cfg-scale 1")
     t0 = time.time()
     progress = not args.no_progress and os.isatty(2)
     kwargs = dict(num_sampling_steps=args.num_sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                  eta=args.eta, **history_kwargs(args))
+                  eta=args.eta, prompt=captions.get("prompt"), **history_kwargs(args))
     pipe.check_history_guidance(args.history_guidance, args.history_scale, args.history_noise)
     first = labels[:, :window] if labels is not None and labels.dim() == 2 else labels
-    video = pipe(context[None], mask, first, seed=args.seed, progress=progress and F <= window, **kwargs)
+    per_frame = captions.get("frame_prompts")
+    video = pipe(context[None], mask, first, seed=args.seed, progress=progress and F <= window,
+                 frame_prompts=None if per_frame is None else [per_frame[:window]], **kwargs)
     if F > window:
         video = pipe.extend(video, F, labels, history=args.history_frames, stride=args.window_stride, seed=args.seed,
-                            progress=progress, **kwargs)
+                            progress=progress, frame_prompts=None if per_frame is None else [per_frame], **kwargs)
         mask = torch.cat([mask, torch.ones(F - window, *mask.shape[1:])])
     if not pipe.is_main:                        # every process holds the video; the first one writes it
         return
@@ -151,6 +170,10 @@ def register(sub):
     g.add_argument("--mask", help="a custom mask, 1/white = generate: .npy [F, H, W] or [H, W], or .png")
     g.add_argument("--label", type=nonnegative_int, help="class of the whole video")
     g.add_argument("--frame-labels", type=nonnegative_int, nargs="+", help="one class per frame (story); 1 value = every frame")
+    g.add_argument("--prompt", help="captioned models: the caption of the video, e.g. 'a 3 moving up and to the left' "
+                                    "(text to video with --task uncond)")
+    g.add_argument("--frame-prompts", nargs="+", metavar="CAPTION", help="captioned models: one caption per frame "
+                                                                         "(story continuation); 1 value = every frame")
     g.add_argument("--out", default="out/video.gif", help="output path (.gif, .mp4 or .png); the .gif, the .mp4 and "
                                                            "the .png frame strip are written side by side")
     g.add_argument("--fps", type=positive_int, default=8, help="frames per second of the GIF and MP4")

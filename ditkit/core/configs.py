@@ -173,6 +173,7 @@ class VideoModelSection:
     class_dropout_prob: float = 0.1
     mask_channel: bool = True
     frame_timesteps: bool = False    # one timestep per frame (given frames at the clean level; Diffusion Forcing)
+    caption_dropout_prob: float = 0.1  # captioned training: captions replaced by the empty one (classifier-free)
     init_from: str | None = None     # image DiT to inflate, or VideoDiT of this shape to fine-tune (name, file, folder)
     diffusers_class: str | None = None   # train this diffusers video class instead (e.g. WanTransformer3DModel)
     diffusers_config: dict | None = None  # its constructor arguments (channels: from the data and mask_channel)
@@ -186,6 +187,9 @@ class VideoModelSection:
                f"a multiple of {where}.tubelet={self.tubelet}")
 
 
+CAPTION_MODES = ("none", "clip", "frames", "mixed")
+
+
 @dataclass
 class VideoDataSection:
     name: str = "moving-mnist"       # moving-mnist | folder
@@ -197,10 +201,14 @@ class VideoDataSection:
     digit_size: int = 16             # the probability that the lead digit changes class mid-clip
     speed: list = field(default_factory=lambda: [1.0, 3.0])
     switch_prob: float = 0.25
+    captions: str = "none"           # moving-mnist: none | clip (one per clip) | frames (one per frame) | mixed (half each)
     frame_stride: int = 1            # folder: keep every n-th frame
 
     def validate(self, where: str = "data") -> None:
         _one_of(self, "name", ("moving-mnist", "folder"), where)
+        _one_of(self, "captions", CAPTION_MODES, where)
+        _check(self.captions == "none" or self.name == "moving-mnist", f"{where}.captions", self.captions,
+               "none for video folders", "captions are generated for Moving MNIST clips only")
         _check(self.name != "folder" or bool(self.path), f"{where}.path", self.path, "set for data.name=folder",
                "give data.path=<folder of video files, or one subfolder of them per class>")
         for key in ("image_size", "num_frames", "num_digits", "frame_stride"):
@@ -222,6 +230,7 @@ class VideoTrainConfig:
     data: VideoDataSection = field(default_factory=VideoDataSection)
     masks: dict = field(default_factory=lambda: dict(DEFAULT_MASK_WEIGHTS))   # mask type -> weight in the mixture
     independent_frame_noise: float = 0.0   # fraction of clips whose frames each draw their own noise level
+    text_encoder: "TextEncoderSection" = field(default_factory=lambda: TextEncoderSection())   # data.captions
     train: TrainSection = field(default_factory=lambda: TrainSection(results_dir="runs/moving-mnist-vdt"))
 
     def validate(self) -> None:
@@ -248,6 +257,13 @@ class VideoTrainConfig:
                "model.frame_timesteps=true")
         _check(not (m.frame_timesteps and m.diffusers_class), "model.frame_timesteps", m.frame_timesteps,
                "false for model.diffusers_class", "diffusers video transformers take one timestep per video")
+        if d.captions != "none":
+            self.text_encoder.validate()
+            _check(self.text_encoder.kind == "small", "text_encoder.kind", self.text_encoder.kind, "small",
+                   "captioned video models train their own small text encoder")
+            _check(not m.diffusers_class, "data.captions", d.captions, "none for model.diffusers_class",
+                   "captions condition ditkit's VideoDiT (cross-attention)")
+        _in_unit(m, "caption_dropout_prob", "model")
         if (m.in_channels, m.input_size, m.num_frames) != (d.channels, d.image_size, d.num_frames):
             raise ValueError(f"model.in_channels/input_size/num_frames ({m.in_channels}, {m.input_size}, "
                              f"{m.num_frames}) must match the data ({d.channels}, {d.image_size}, {d.num_frames}): "

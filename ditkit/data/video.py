@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..core.video_io import VIDEO_SUFFIXES, read_video
 from .images import mnist_split
-from .scenes import _number
+from .scenes import WORDS, _number
 
 
 EDGES = (("top", "bottom"), ("left", "right"))          # the edge hit along axis 0 (rows) and 1 (columns)
@@ -35,6 +35,7 @@ CAPTION_STREAM = 1             # captions draw their phrasing from generator (se
 CAPTION_WORDS = ("a", "an", "the", "digit", "number", "moving", "going", "moves", "turning", "into", "bouncing",
                  "off", "edge", "edges", "and", "to", "in", "place") + tuple(w for d in DIRECTIONS.values() for w in d.split()) \
     + tuple(e for pair in EDGES for e in pair)
+CAPTION_VOCABULARY = tuple(dict.fromkeys([str(d) for d in range(10)] + list(WORDS) + list(CAPTION_WORDS)))
 
 
 class Track(NamedTuple):

@@ -17,7 +17,13 @@ Predict and rollout also report ``identity_accuracy``: the fraction of generated
 ``IDENTITY_LAST_FRAMES``) in which ditkit's MNIST classifier reads the clip's true digit (the reading of ``story``
 below), with ``identity_accuracy_per_frame``.
 
-``story`` scores label following instead: clips whose digit changes class at a random frame, the first frame given
+``t2v`` (captioned models): a video from each held-out clip's caption alone (nothing given); ``digit_accuracy``: the
+fraction of frames whose digit reads as the caption's, ``direction_accuracy``: the fraction of videos whose digit's
+brightness centroid moves, from frame 0 to the last frame before the true clip's first bounce (at least 2 frames
+later; clips bouncing earlier are not scored), in the caption's compass direction (:func:`~ditkit.data.video.
+direction`); real clips measured the same way give the reference (``real_*``).
+
+``story`` scores label following instead (captioned models: the per-frame captions, ``caption_accuracy``): clips whose digit changes class at a random frame, the first frame given
 plus the true per-frame labels (classifier-free guidance ``cfg_scale``); ditkit's MNIST classifier reads the digit of
 every generated frame (a window of the digit size around the frame's brightness centroid, resized to 28x28 and padded
 to 32x32). Baseline: copying the first frame; reference: the same reading of the real frames.
@@ -37,14 +43,14 @@ from ..core.config import from_dict
 from ..core.configs import VideoTrainConfig
 from ..core.metrics import PSNR_CAP, psnr, ssim
 from ..core.visual import pyplot, save_figure, save_grid
-from ..data.video import MovingMNIST
+from ..data.video import MovingMNIST, direction
 from ..diffusion.masks import frames_mask, task_mask
 from .classifier import load_classifier
 
-EVAL_TASKS = ("predict", "interpolate", "complete", "rollout", "story")
+EVAL_TASKS = ("predict", "interpolate", "complete", "rollout", "story", "t2v")
 BASELINES = {"predict": "copy last given frame", "interpolate": "linear blend of the neighbouring given frames",
              "complete": "masked box filled with the frame's mean given value", "rollout": "copy last given frame",
-             "story": "copy first frame"}
+             "story": "copy first frame", "t2v": "none (real clips measured the same way)"}
 EVAL_SEED = 10_000            # clip seed of the held-out evaluation set
 ROLLOUT_FRAMES = 32           # default length of a rollout evaluation
 IDENTITY_LAST_FRAMES = 8      # rollout: identity accuracy over the last frames
@@ -140,22 +146,66 @@ def read_digits(frames: torch.Tensor, digit_size: int) -> torch.Tensor:
 
 
 def _story(pipe, train_config, num_videos, sampling, progress):
-    truth, labels = heldout_clips(train_config, num_videos, switch_prob=1.0)
+    source = _heldout_source(train_config, 1.0)
+    truth, labels = source.get(range(num_videos))
     N, _, F, H, W = truth.shape
     mask = task_mask("story", F, H, W).expand(N, 1, F, H, W)
-    pred = pipe(truth, mask, labels, progress=progress, **sampling)
-    size = train_config.data.digit_size
+    follow = {"frame_prompts": [source.frame_captions(i) for i in range(N)]} if pipe.captioned else {"labels": labels}
+    pred = pipe(truth, mask, progress=progress, **follow, **sampling)
     frames = list(range(1, F))
-    read = lambda video: read_digits(video[:, :, frames].transpose(1, 2).reshape(-1, 1, H, W), size).view(N, -1)
-    hits = lambda video: (read(video) == labels[:, frames]).double().mean(dim=0).tolist()
-    acc, base, real = hits(pred), hits(truth[:, :, :1].expand(-1, -1, F, -1, -1)), hits(truth)
+    hits = lambda video: identity_per_frame(video, labels, frames, train_config.data.digit_size)
+    first = truth[:, :, :1].expand(-1, -1, F, -1, -1)
+    acc, base, real = hits(pred), hits(first), hits(truth)
     mean = lambda v: sum(v) / len(v)
+    key = "caption_accuracy" if pipe.captioned else "label_accuracy"
+    told = "caption" if pipe.captioned else "label"
     result = {"task": "story", "num_videos": N, "frames": frames, "given_frames": [0],
-              "label_accuracy": mean(acc), "baseline_label_accuracy": mean(base), "real_label_accuracy": mean(real),
-              "label_accuracy_per_frame": acc, "baseline_label_accuracy_per_frame": base,
-              "real_label_accuracy_per_frame": real, "baseline": BASELINES["story"],
-              "metrics": "fraction of generated frames whose digit ditkit's MNIST classifier reads as the frame's label"}
-    return result, {"truth": truth, "model": pred, "baseline": truth[:, :, :1].expand(-1, -1, F, -1, -1), "mask": mask}
+              key: mean(acc), f"baseline_{key}": mean(base), f"real_{key}": mean(real),
+              f"{key}_per_frame": acc, f"baseline_{key}_per_frame": base, f"real_{key}_per_frame": real,
+              "baseline": BASELINES["story"],
+              "metrics": f"fraction of generated frames whose digit ditkit's MNIST classifier reads as the frame's "
+                         f"{told}"}
+    return result, {"truth": truth, "model": pred, "baseline": first, "mask": mask}
+
+
+def centroids(video: torch.Tensor) -> torch.Tensor:
+    """Brightness centroids (row, column) of videos [N, 1, F, H, W] in [-1, 1] -> [N, F, 2]."""
+    w = (video[:, 0] + 1) / 2
+    mass = w.sum(dim=(2, 3)).clamp(min=1e-6)
+    rows = (w.sum(dim=3) * torch.arange(w.shape[2])).sum(dim=2) / mass
+    cols = (w.sum(dim=2) * torch.arange(w.shape[3])).sum(dim=2) / mass
+    return torch.stack([rows, cols], dim=-1)
+
+
+def _t2v(pipe, train_config, num_videos, sampling, progress):
+    if not pipe.captioned:
+        raise ValueError("task 't2v' generates from captions: this video model has none (train one with "
+                         "data.captions)")
+    source = _heldout_source(train_config, 0.0)
+    truth, labels = source.get(range(num_videos))
+    N, _, F, H, W = truth.shape
+    pred = pipe(None, None, num_videos=N, prompt=[source.caption(i) for i in range(N)], progress=progress,
+                **sampling)
+    frames = list(range(F))
+    digits = lambda video: identity_per_frame(video, labels, frames, train_config.data.digit_size)
+    tracks = [source.motion(i)[0][1] for i in range(N)]
+    ends = [(t.bounces[0][0] if t.bounces else F) - 1 for t in tracks]
+    scored = [n for n in range(N) if ends[n] >= 2]
+
+    def directions(video) -> list[bool]:
+        c = centroids(video)
+        return [direction((c[n, ends[n]] - c[n, 0]) / ends[n]) == direction(tracks[n].velocities[0]) for n in scored]
+    mean = lambda v: sum(v) / max(len(v), 1)
+    acc, real = digits(pred), digits(truth)
+    result = {"task": "t2v", "num_videos": N, "frames": frames, "given_frames": [],
+              "digit_accuracy": mean(acc), "real_digit_accuracy": mean(real), "digit_accuracy_per_frame": acc,
+              "real_digit_accuracy_per_frame": real, "direction_accuracy": mean(directions(pred)),
+              "real_direction_accuracy": mean(directions(truth)), "direction_videos": len(scored),
+              "baseline": BASELINES["t2v"], "captions": [source.caption(i) for i in range(min(N, 8))],
+              "metrics": "digit: fraction of frames whose digit ditkit's MNIST classifier reads as the caption's; "
+                         "direction: fraction of videos whose digit's brightness centroid moves in the caption's "
+                         "compass direction before the first bounce"}
+    return result, {"truth": truth, "model": pred, "baseline": truth, "mask": torch.ones(N, 1, F, H, W)}
 
 
 def identity_per_frame(video: torch.Tensor, labels: torch.Tensor, frames: list[int], digit_size: int) -> list[float]:
@@ -192,10 +242,11 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
     sampling = {"num_sampling_steps": num_sampling_steps, "sampler": sampler or pipe.default_sampler, "seed": seed,
                 "batch_size": batch_size, **guidance}
     t0 = time.time()
-    if task == "story":
+    if task in ("story", "t2v"):
         sampling.update(cfg_scale=cfg_scale, guidance_interval=guidance_interval)
-        result, tensors = _story(pipe, train_config, num_videos, sampling, progress)
-        result["sampling"] = {**sampling, "labels": "true per-frame labels"}
+        result, tensors = (_story if task == "story" else _t2v)(pipe, train_config, num_videos, sampling, progress)
+        result["sampling"] = {**sampling, "conditioning": "the held-out clips' captions" if pipe.captioned else
+                              "true per-frame labels"}
         return {**result, "sampling_seconds": time.time() - t0}, tensors
     truth, labels = heldout_clips(train_config, num_videos, num_frames=num_frames)
     N, _, F, H, W = truth.shape
@@ -239,7 +290,8 @@ def evaluate_video(pipe, task: str, num_videos: int = 200, num_sampling_steps: i
 
 
 def metric_keys(result: dict) -> list[str]:
-    return [k for k in ("psnr", "ssim", "identity_accuracy", "label_accuracy") if k in result]
+    return [k for k in ("psnr", "ssim", "identity_accuracy", "label_accuracy", "caption_accuracy", "digit_accuracy")
+            if k in result]
 
 
 def plot_per_frame(result: dict, path: str | Path) -> Path | None:
@@ -251,14 +303,17 @@ def plot_per_frame(result: dict, path: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         ax.plot(result["frames"], result[f"{key}_per_frame"], "o-", label="model")
-        ax.plot(result["frames"], result[f"baseline_{key}_per_frame"], "s--", label=f"baseline ({result['baseline']})")
+        if f"baseline_{key}_per_frame" in result:
+            ax.plot(result["frames"], result[f"baseline_{key}_per_frame"], "s--",
+                    label=f"baseline ({result['baseline']})")
         if f"real_{key}_per_frame" in result:
             ax.plot(result["frames"], result[f"real_{key}_per_frame"], "^:", label="real frames")
         for g in result["given_frames"]:
             ax.axvline(g, color="green", alpha=0.25, lw=6)
         ax.set_xlabel("frame (green: given)")
         ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "identity_accuracy": "true digit read",
-                       "label_accuracy": "label accuracy"}[key])
+                       "label_accuracy": "label accuracy", "caption_accuracy": "caption's digit read",
+                       "digit_accuracy": "caption's digit read"}[key])
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{result['task']}: {result['num_videos']} held-out clips")

@@ -9,7 +9,7 @@ are gated. Final layer: norm, modulation by e plus its own table [2, D], linear,
 The block-stack contract (:mod:`ditkit.models.stack`): ``c`` is a :class:`TextConditioning` (rows cut with
 ``c[idx]``), each block has an 'attn', a 'cross' and an 'mlp' branch, so every caching method and attention backend
 applies. Cross-attention keys and values depend only on the text, so they are kept per text tensor and computed once
-per generation and branch (:meth:`PixArt.kv`), not at every step.
+per generation and branch (:class:`~ditkit.models.cross_attention.TextKeys`), not at every step.
 
 :func:`to_diffusers` / :func:`from_diffusers` convert to and from diffusers' ``PixArtTransformer2DModel`` (same
 outputs), so a ditkit-trained model runs in diffusers' PixArt pipeline and PixArt checkpoints load into ditkit.
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attention import Attention, TokenLayout
+from .cross_attention import CaptionProjection, CrossAttention, TextKeys
 from .dit import DiT, Mlp, PatchEmbed, TimestepEmbedder, sincos_2d
 from .stack import Branch, modulate, run_blocks
 
@@ -54,8 +54,8 @@ class PixArtConfig:
 
 class TextConditioning:
     """The contract's ``c`` for a PixArt model: ``t`` [N, 6D] (adaLN-single), ``e`` [N, D] (timestep embedding, for
-    the final layer), ``text`` [N, L, D] (projected text states), ``mask`` [N, L], and ``keys(block)`` -> the
-    cross-attention keys and values of ``block`` for these rows; ``c[idx]`` keeps rows idx of all of them."""
+    the final layer), ``text`` [N, L, D] (projected text states), ``mask`` [N, L], and ``keys(cross)`` -> the
+    keys and values of cross-attention module ``cross`` for these rows; ``c[idx]`` keeps rows idx of all of them."""
 
     def __init__(self, t, e, text, mask, keys):
         self.t, self.e, self.text, self.mask, self.keys = t, e, text, mask, keys
@@ -63,27 +63,7 @@ class TextConditioning:
     def __getitem__(self, idx) -> "TextConditioning":
         keys = self.keys
         return TextConditioning(self.t[idx], self.e[idx], self.text[idx], self.mask[idx],
-                                lambda block: tuple(x[idx] for x in keys(block)))
-
-
-class CrossAttention(nn.Module):
-    """Tokens x [N, T, D] attend to text states [N, L, D] where ``mask`` [N, L] is True."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
-
-    def keys_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """text [N, L, D] -> k, v [N, heads, L, head_dim]."""
-        N, L, _ = text.shape
-        return tuple(self.kv(text).view(N, L, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0))
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        N, T, D = x.shape
-        q = self.q(x).view(N, T, self.num_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        return self.proj(out.transpose(1, 2).reshape(N, T, D))
+                                lambda cross: tuple(x[idx] for x in keys(cross)))
 
 
 class PixArtBlock(nn.Module):
@@ -103,19 +83,8 @@ class PixArtBlock(nn.Module):
             (self.scale_shift_table[None] + c.t.view(N, 6, -1)).unbind(1)
         return [Branch("attn", lambda x: modulate(self.norm1(x), shift_msa, scale_msa),
                        lambda h: self.attn(h, layout), gate_msa, self.attn),
-                Branch("cross", lambda x: x, lambda h: self.cross(h, *c.keys(self), c.mask)),
+                Branch("cross", lambda x: x, lambda h: self.cross(h, *c.keys(self.cross), c.mask)),
                 Branch("mlp", lambda x: modulate(self.norm2(x), shift_mlp, scale_mlp), self.mlp, gate_mlp)]
-
-
-class CaptionProjection(nn.Module):
-    """Text states [N, L, C_text] -> [N, L, D]: linear, tanh-GELU, linear (PixArt's caption projection)."""
-
-    def __init__(self, in_dim: int, dim: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(in_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class PixArt(nn.Module):
@@ -139,7 +108,7 @@ class PixArt(nn.Module):
         self.norm_final = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.final_table = nn.Parameter(torch.randn(2, D) / D ** 0.5)
         self.final_linear = nn.Linear(D, p * p * self.out_channels)
-        self._text_cache: list[tuple] = []          # (text tensor, projected, {block id: (k, v)}), newest last
+        self._text = TextKeys(self.y_embedder)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -166,28 +135,8 @@ class PixArt(nn.Module):
                              f"{list(text.shape)} and {list(mask.shape)}")
         tokens = self.x_embedder(x) + self.pos_embed
         e = self.t_embedder(t)
-        projected, keys = self._text(text)
+        projected, keys = self._text.project(text)
         return tokens, TextConditioning(self.t_block(e), e, projected, mask.bool(), keys)
-
-    def _text(self, text: torch.Tensor):
-        """(projected text, ``keys(block)``). Outside autograd both are kept while the same text tensor comes back
-        (a sampler passes one per generation and CFG branch; the last 4 are kept; an in-place change of a kept
-        tensor is not seen), so the caption projection and every block's cross-attention keys and values are
-        computed once per generation and branch."""
-        if torch.is_grad_enabled():
-            projected = self.y_embedder(text)
-            return projected, lambda block: block.cross.keys_values(projected)
-        entry = next((e for e in self._text_cache if e[0] is text), None)
-        if entry is None:
-            entry = (text, self.y_embedder(text), {})
-            self._text_cache = self._text_cache[-3:] + [entry]
-        _, projected, held = entry
-
-        def keys(block):
-            if id(block) not in held:
-                held[id(block)] = block.cross.keys_values(projected)
-            return held[id(block)]
-        return projected, keys
 
     def run_stack(self, tokens: torch.Tensor, c: TextConditioning) -> torch.Tensor:
         """The transformer stack [N, T, D] -> [N, T, D]; the hook point of caching methods."""

@@ -58,7 +58,8 @@ class Branch:
     module itself (attention, MLP); ``gate`` [N, D] or [N, G, D] scales its output (None: gate 1). ``attention`` is
     the branch's :class:`Attention` module (None for an MLP) and ``axis`` which tokens one of its calls sees.
     ``whole_block``: the branch is a whole block, attention included (an adapted diffusers block), so it mixes tokens
-    even without an ``attention`` module."""
+    even without an ``attention`` module. ``positional``: the branch treats each token by where it is (cross-attention
+    to per-frame captions), so it does not run on a subset of tokens either."""
 
     name: str
     prepare: Callable[[torch.Tensor], torch.Tensor]
@@ -67,6 +68,7 @@ class Branch:
     attention: Attention | None = None
     axis: str = "all"
     whole_block: bool = False
+    positional: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The branch output before gating, [N, T, D]."""
@@ -84,7 +86,7 @@ class Branch:
     @property
     def token_wise(self) -> bool:
         """True if ``compute`` treats tokens independently (an MLP), so it may run on a subset of tokens."""
-        return self.attention is None and not self.whole_block
+        return self.attention is None and not self.whole_block and not self.positional
 
 
 def run_blocks(blocks: Sequence, tokens: torch.Tensor, c: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

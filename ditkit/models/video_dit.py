@@ -18,6 +18,13 @@ exactly (:func:`inflate_from_dit`).
 Unified mask modelling (VDT): with ``mask`` (1 = generate, 0 = given; [N or 1, 1, F, H, W]) and clean ``context``,
 the input is ``mask * x + (1 - mask) * context``; with ``mask_channel`` the mask is also fed as one extra channel.
 
+Captions (``caption_channels`` > 0): every DiT block gets PixArt's cross-attention (after its attention, before its
+MLP; output projection zero-initialised, so an uncaptioned model extends exactly) to text states [N, L, C_text] for
+the whole video, or per frame [N, F, L, C_text] (story continuation: the tokens of frame f attend to caption f), with
+their mask; c is then a :class:`VideoTextConditioning`, the per-frame tensor plus the text, sliced like it. With
+``text_encoder`` the model owns the small word-level encoder it was trained with (``encode_prompts``; token ids
+passed as ``text`` are encoded inside the forward, which is how training reaches the encoder).
+
 Per-frame noise levels (Diffusion Forcing, :mod:`ditkit.diffusion.frames`): with ``frame_timesteps`` the model is
 trained and sampled with one timestep per frame, given frames at the clean level, so a window can mix clean,
 partly noised and noisy frames (history guidance, rollouts). The network accepts [N] or [N, F] timesteps either way.
@@ -30,6 +37,8 @@ import torch
 import torch.nn as nn
 
 from .attention import Attention, TokenLayout
+from .cross_attention import CaptionProjection, CrossAttention, TextKeys
+from .text import SmallTextEncoder, WordTokenizer
 from .dit import DiT, DiTBlock, DiTConfig, FinalLayer, LabelEmbedder, TimestepEmbedder, dit_config
 from .rope import Rotary
 from .stack import Branch, run_blocks
@@ -44,6 +53,9 @@ class VideoDiTConfig(DiTConfig):
     layout: str = "vdt"           # vdt | latte | full3d
     mask_channel: bool = True     # feed the generation mask as an extra input channel
     frame_timesteps: bool = False  # trained with one timestep per frame (given frames clean; see the module docstring)
+    caption_channels: int = 0     # width of the text states cross-attended to (0: no captions)
+    text_encoder: dict | None = None  # the small encoder owned and trained with the model: dim, depth, num_heads,
+    #                                   max_length, vocabulary (:class:`~ditkit.models.text.SmallTextEncoder`)
 
 
 def video_dit_config(name: str, **overrides) -> VideoDiTConfig:
@@ -78,20 +90,63 @@ class TemporalAttention(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
 
 
+class VideoTextConditioning:
+    """The contract's ``c`` of a captioned VideoDiT: ``c`` [N, F', D] (timestep + label per frame), ``text_mask``
+    [N, L] or per frame [N, F', L], ``keys(cross)`` -> k, v [N, heads, L, hd] (or [N, F', heads, L, hd]) of a
+    cross-attention module. Indexed and shaped like ``c``: ``[rows]`` or ``[rows, frames]`` (sequence parallelism
+    keeps the frames of its part) slice all of them."""
+
+    def __init__(self, c: torch.Tensor, text_mask: torch.Tensor, keys):
+        self.c, self.text_mask, self.keys = c, text_mask, keys
+        self.shape = c.shape
+
+    @property
+    def per_frame(self) -> bool:
+        return self.text_mask.dim() == 3
+
+    def dim(self) -> int:
+        return self.c.dim()
+
+    def __getitem__(self, idx) -> "VideoTextConditioning":
+        text_idx = idx if self.per_frame or not isinstance(idx, tuple) else idx[0]
+        keys = self.keys
+        return VideoTextConditioning(self.c[idx], self.text_mask[text_idx],
+                                     lambda cross: tuple(x[text_idx] for x in keys(cross)))
+
+    def cross_attend(self, cross: CrossAttention, h: torch.Tensor) -> torch.Tensor:
+        """Tokens h [N, T, D] attend to the caption (per frame: each frame's tokens to its caption)."""
+        k, v = self.keys(cross)
+        if not self.per_frame:
+            return cross(h, k, v, self.text_mask)
+        N, T, D = h.shape
+        frames = self.text_mask.shape[1]
+        out = cross(h.reshape(N * frames, T // frames, D), k.flatten(0, 1), v.flatten(0, 1),
+                    self.text_mask.flatten(0, 1))
+        return out.view(N, T, D)
+
+
 class VideoStackBlock:
     """One block of the VideoDiT stack (not a module: it refers to the model's own modules): VDT's temporal attention
-    if ``temporal`` is given, then a DiT block whose attention runs along ``axis``."""
+    if ``temporal`` is given, then a DiT block whose attention runs along ``axis``, with cross-attention to the
+    caption after its attention when ``cross`` is given."""
 
-    def __init__(self, model: "VideoDiT", block: DiTBlock, axis: str, temporal: TemporalAttention | None = None):
-        self.model, self.block, self.axis, self.temporal = model, block, axis, temporal
+    def __init__(self, model: "VideoDiT", block: DiTBlock, axis: str, temporal: TemporalAttention | None = None,
+                 cross: CrossAttention | None = None):
+        self.model, self.block, self.axis, self.temporal, self.cross = model, block, axis, temporal, cross
 
-    def branches(self, c: torch.Tensor, layout: TokenLayout) -> list[Branch]:
+    def branches(self, c, layout: TokenLayout) -> list[Branch]:
         attend = self.model.attend
         out = []
         if self.temporal is not None:
             t = self.temporal
             out.append(Branch("temporal", t.norm, lambda h: attend(t.attn, h, layout, "time"), None, t.attn, "time"))
-        return out + self.block.branches(c, layout, lambda attn, h: attend(attn, h, layout, self.axis), self.axis)
+        text = c if isinstance(c, VideoTextConditioning) else None
+        block = self.block.branches(c if text is None else text.c, layout,
+                                    lambda attn, h: attend(attn, h, layout, self.axis), self.axis)
+        if self.cross is None or text is None:
+            return out + block
+        cross = Branch("cross", lambda x: x, lambda h: text.cross_attend(self.cross, h), positional=text.per_frame)
+        return out + block[:1] + [cross] + block[1:]
 
 
 class VideoDiT(nn.Module):
@@ -123,29 +178,50 @@ class VideoDiT(nn.Module):
         elif config.layout == "latte":
             self.temporal = nn.ModuleList([DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.final_layer = FinalLayer(D, p, self.out_channels * config.tubelet)
+        if config.text_encoder:
+            spec = config.text_encoder
+            if spec["dim"] != config.caption_channels:
+                raise ValueError(f"the text encoder is {spec['dim']} wide but caption_channels="
+                                 f"{config.caption_channels}: set caption_channels={spec['dim']}")
+            self.text_encoder = SmallTextEncoder(WordTokenizer(spec["vocabulary"]), spec["dim"], spec["depth"],
+                                                 spec["num_heads"], spec["max_length"])
+            self.float_modules = ("text_encoder",)        # quantization recipes leave the encoder in float
+        if config.caption_channels:
+            self.caption_projection = CaptionProjection(config.caption_channels, D)
+            self.cross = nn.ModuleList([CrossAttention(D, config.num_heads) for _ in range(config.depth)])
+            self._text = TextKeys(self.caption_projection)
         self.initialize_weights()
+        cross = list(getattr(self, "cross", [None] * config.depth))
         if config.layout == "vdt":
-            stack = [VideoStackBlock(self, b, "space", t) for b, t in zip(self.blocks, self.temporal)]
+            stack = [VideoStackBlock(self, b, "space", t, x) for b, t, x in zip(self.blocks, self.temporal, cross)]
         elif config.layout == "latte":
-            stack = [VideoStackBlock(self, b, axis) for pair in zip(self.blocks, self.temporal)
+            stack = [VideoStackBlock(self, b, axis, None, x if axis == "space" else None)
+                     for pair, x in zip(zip(self.blocks, self.temporal), cross)
                      for b, axis in zip(pair, ("space", "time"))]
         else:
-            stack = [VideoStackBlock(self, b, "all") for b in self.blocks]
+            stack = [VideoStackBlock(self, b, "all", None, x) for b, x in zip(self.blocks, cross)]
         self.stack_blocks = tuple(stack)
         self._rotary: dict[tuple, Rotary] = {}
 
     def initialize_weights(self):
-        """DiT's initialisation (same module names), plus zeroed temporal outputs: every block starts as identity."""
+        """DiT's initialisation (same module names), plus zeroed temporal and cross-attention outputs: every block
+        starts as identity."""
         DiT.initialize_weights(self)
         for module in getattr(self, "temporal", []):
             last = module.attn.proj if isinstance(module, TemporalAttention) else module.adaLN_modulation[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        for cross in getattr(self, "cross", []):
+            nn.init.zeros_(cross.proj.weight)
+            nn.init.zeros_(cross.proj.bias)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
               force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
-              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """t [N] or per frame [N, F]. Returns tokens [N, F'*S, D] (frame-major) and per-frame conditioning c [N, F', D]."""
+              mask: torch.Tensor | None = None, text: torch.Tensor | None = None,
+              text_mask: torch.Tensor | None = None):
+        """t [N] or per frame [N, F]; text states [N, L, C_text] or per frame [N, F, L, C_text] with text_mask [N, L]
+        or [N, F, L]. Returns tokens [N, F'*S, D] (frame-major) and per-frame conditioning c [N, F', D] (a
+        :class:`VideoTextConditioning` for a captioned model)."""
         cfg = self.config
         if x.dim() != 5 or x.shape[1] != self.in_channels or tuple(x.shape[3:]) != cfg.image_hw:
             raise ValueError(f"expected video [N, {self.in_channels}, F, {cfg.image_hw[0]}, {cfg.image_hw[1]}], "
@@ -173,7 +249,35 @@ class VideoDiT(nn.Module):
         e = self.t_embedder(t.flatten()).view(N, t.shape[1], -1)                   # [N, 1 or F, D]
         c = e + self.y_embedder(y.flatten(), drop).view(N, y.shape[1], -1)
         c = c.expand(N, F, c.shape[-1]).unflatten(1, (F // cfg.tubelet, cfg.tubelet)).mean(2)
-        return tokens, c
+        if not cfg.caption_channels:
+            if text is not None:
+                raise ValueError("this VideoDiT has no cross-attention (caption_channels=0): it takes no text")
+            return tokens, c
+        return tokens, self._text_conditioning(c, text, text_mask, F)
+
+    def encode_prompts(self, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (strings; "" = the empty caption) -> states [N, L, C_text] and mask [N, L] from the model's own
+        text encoder."""
+        if not hasattr(self, "text_encoder"):
+            raise ValueError("this VideoDiT has no text encoder of its own: give text states from the encoder it was "
+                             "trained with")
+        return self.text_encoder.encode(list(prompts))
+
+    def _text_conditioning(self, c: torch.Tensor, text, text_mask, F: int) -> VideoTextConditioning:
+        N, C = c.shape[0], self.config.caption_channels
+        if text is not None and not text.is_floating_point() and hasattr(self, "text_encoder"):
+            ids = text                                                      # token ids [N, L] or [N, F, L]
+            text = self.text_encoder(ids.flatten(0, -2), text_mask.flatten(0, -2)).view(*ids.shape, -1)
+        if text is None or text_mask is None or text.shape[-1] != C or text.shape[:-1] != text_mask.shape \
+                or text.dim() not in (3, 4) or text.shape[0] != N or (text.dim() == 4 and text.shape[1] != F):
+            got = "none" if text is None or text_mask is None else f"{list(text.shape)} and {list(text_mask.shape)}"
+            raise ValueError(f"this captioned VideoDiT needs text states [N, L, {C}] (or per frame [N, {F}, L, {C}]) "
+                             f"and their mask [N, L] (or [N, {F}, L]); got {got}")
+        if text.dim() == 4 and self.config.tubelet > 1:
+            raise ValueError(f"per-frame captions need one token frame per frame; this model has tubelet "
+                             f"{self.config.tubelet}: give one caption per video")
+        _, keys = self._text.project(text)
+        return VideoTextConditioning(c, text_mask.bool(), keys)
 
     def token_layout(self, num_tokens: int) -> TokenLayout:
         h, w = self.grid
@@ -217,17 +321,20 @@ class VideoDiT(nn.Module):
         x = x.reshape(N, F, h, w, p, p, tt, c)
         return torch.einsum("nfhwpqtc->ncfthpwq", x).reshape(N, c, F * tt, h * p, w * p)
 
-    def head(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x [N, T, D], c [N, F', D] -> [N, C_out, F, H, W]."""
+    def head(self, x: torch.Tensor, c) -> torch.Tensor:
+        """x [N, T, D], c [N, F', D] (or a :class:`VideoTextConditioning`) -> [N, C_out, F, H, W]."""
+        c = c.c if isinstance(c, VideoTextConditioning) else c
         N, T, D = x.shape
         F = c.shape[1]
         return self.unpatchify(self.final_layer(x.reshape(N * F, T // F, D), c.reshape(N * F, D)).view(N, F, T // F, -1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 force_drop_ids: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [N, C, F, H, W], t [N] or per-frame [N, F], y [N] or per-frame [N, F] class ids -> [N, C_out, F, H, W]."""
-        tokens, c = self.embed(x, t, y, force_drop_ids, context, mask)
+                mask: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, C, F, H, W], t [N] or per-frame [N, F], y [N] or per-frame [N, F] class ids, text states and mask as
+        for :meth:`embed` -> [N, C_out, F, H, W]."""
+        tokens, c = self.embed(x, t, y, force_drop_ids, context, mask, text, text_mask)
         return self.head(self.run_stack(tokens, c), c)
 
 

@@ -111,6 +111,49 @@ class VideoPipeline(Pipeline):
         """Whether the network takes one timestep per frame (trained with per-frame noise levels)."""
         return bool(getattr(self.model.config, "frame_timesteps", False))
 
+    @property
+    def captioned(self) -> bool:
+        """Whether the model cross-attends to captions (``prompt=`` / ``frame_prompts=``)."""
+        return bool(getattr(self.model.config, "caption_channels", 0))
+
+    def _prompts(self, prompt, frame_prompts, context, labels, num_videos) -> list[list[str]] | None:
+        """Per video, its captions: [prompt] or one per frame; None for an uncaptioned model. Checked first."""
+        if not self.captioned:
+            if prompt is not None or frame_prompts is not None:
+                raise ValueError("this video model has no captions (no cross-attention): drop prompt / frame_prompts "
+                                 "(--prompt / --frame-prompts), or use a captioned model")
+            return None
+        if prompt is not None and frame_prompts is not None:
+            raise ValueError("give prompt (one caption per video) or frame_prompts (one per frame), not both")
+        n = context.shape[0] if context is not None else num_videos or (len(labels) if labels is not None else None)
+        if frame_prompts is not None:
+            out = [list(p) for p in frame_prompts]
+            F = context.shape[2] if context is not None else self.num_frames
+            if not all(len(p) == F and all(isinstance(c, str) for c in p) for p in out):
+                raise ValueError(f"frame_prompts holds, per video, one caption per frame: {F} strings each (--frame-prompts "
+                                 f"takes {F} captions)")
+        else:
+            prompt = "" if prompt is None else prompt
+            out = [[p] for p in ([prompt] * (n or 1) if isinstance(prompt, str) else list(prompt))]
+            if not all(isinstance(p[0], str) for p in out):
+                raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        if n is not None and len(out) == 1 and n > 1:
+            out = out * n
+        if n is not None and len(out) != n:
+            raise ValueError(f"{len(out)} prompts for {n} videos: give one, or one per video")
+        return out
+
+    def _encode(self, prompts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per video [prompt] -> states [n, L, C] and mask [n, L]; per video F captions -> [n, F, L, C], [n, F, L]."""
+        flat = [c for p in prompts for c in p]
+        with torch.no_grad():
+            states, mask = self.model.encode_prompts(flat)
+        per = len(prompts[0])
+        if per == 1:
+            return states.to(self.device), mask.to(self.device)
+        return (states.view(len(prompts), per, *states.shape[1:]).to(self.device),
+                mask.view(len(prompts), per, -1).to(self.device))
+
     def check_history_guidance(self, history_guidance: str, history_scale: float, history_noise: float) -> None:
         """Bad history-guidance settings for this model raise here, before any sampling."""
         check_guidance_scale(history_scale, "history_scale")
@@ -129,19 +172,23 @@ class VideoPipeline(Pipeline):
                  labels: Sequence | torch.Tensor | None = None, num_videos: int | None = None,
                  num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
                  guidance_interval=None, history_scale: float = 1.0, history_guidance: str = "vanilla",
-                 history_noise: float = 0.5, seed: int = 0, eta: float = 0.0, batch_size: int | None = None,
-                 progress: bool = False, step_callback=None) -> torch.Tensor:
+                 history_noise: float = 0.5, prompt: str | Sequence[str] | None = None,
+                 frame_prompts: Sequence[Sequence[str]] | None = None, seed: int = 0, eta: float = 0.0,
+                 batch_size: int | None = None, progress: bool = False, step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
-        labels [N] or per frame [N, F] (None = the null label). Without context: ``num_videos`` unconditional videos
-        of the model's length. ``cfg_scale`` guides towards the labels (only at noise levels in
+        labels [N] or per frame [N, F] (None = the null label); a captioned model also takes ``prompt`` (one per
+        video, or one for all) or ``frame_prompts`` (per video, one caption per frame; story continuation), else the
+        empty caption. Without context: ``num_videos`` unconditional videos of the model's length (or one per
+        prompt). ``cfg_scale`` guides towards the labels and captions (only at noise levels in
         ``guidance_interval``, if given), ``history_scale`` towards the given frames with ``history_guidance``
         'vanilla' (one more network call per step) or 'fractional' (two more; the history noised to level
         ``history_noise``, models trained with per-frame noise levels only;
         :class:`~ditkit.diffusion.guidance.HistoryGuidedModel`).
         Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
         self.check_history_guidance(history_guidance, history_scale, history_noise)
+        prompts = self._prompts(prompt, frame_prompts, context, labels, num_videos)
         if context is None:
-            n = num_videos or (len(labels) if labels is not None else 1)
+            n = num_videos or (len(labels) if labels is not None else len(prompts) if prompts is not None else 1)
             context = torch.zeros(n, *self.frame_shape[:1], self.num_frames, *self.frame_shape[1:])
             mask = torch.ones(1, 1, *context.shape[2:]) if mask is None else mask
         N, C, F, H, W = context.shape
@@ -163,19 +210,23 @@ class VideoPipeline(Pipeline):
             sl = slice(start, min(start + bs, rows.stop))
             ctx, m, y = context[sl].to(self.device), mask[sl].to(self.device), labels[sl].to(self.device)
             seeds = range(seed + start, seed + start + len(ctx))
+            null_y = torch.full_like(y, null)
+            cond, uncond = (y,), (null_y,)
+            if self.captioned:                          # the captions, and the empty caption CFG contrasts them with
+                empty = [[""] * len(p) for p in prompts[sl]]
+                cond, uncond = (y, *self._encode(prompts[sl])), (null_y, *self._encode(empty))
             network, branch = self.guidance_split(self._network(ctx, m))
-            guided = GuidedModel(network, y, null, cfg_scale, self.process, interval=guidance_interval, batched=True,
-                                 branch_callback=branch)
+            guided = GuidedModel(network, cond, uncond, cfg_scale, self.process, interval=guidance_interval,
+                                 batched=True, branch_callback=branch)
             if history_scale != 1.0:
-                free_y = torch.full((len(y),), null, dtype=torch.long, device=y.device)   # nothing given: no mask
-                free = self._network(ctx, torch.ones_like(m))
+                free = self._network(ctx, torch.ones_like(m))                  # nothing given: no mask, no label
                 noised = None
                 if history_guidance == "fractional":
                     history = NoiseSource([s + HISTORY_NOISE_SEED for s in seeds], self.device).randn(C, F, H, W)
                     noised = self._network(ctx, m, history, history_noise)
-                guided = HistoryGuidedModel(guided, lambda x, t, free_y=free_y, free=free: free(x, t, free_y),
+                guided = HistoryGuidedModel(guided, lambda x, t, free=free, u=uncond: free(x, t, *u),
                                             history_scale, None if noised is None else
-                                            (lambda x, t, y=y, noised=noised: noised(x, t, y)),
+                                            (lambda x, t, c=cond, noised=noised: noised(x, t, *c)),
                                             self.recipe.begin_branch)
             x = self.denoise(guided, NoiseSource(seeds, self.device), (C, F, H, W), num_sampling_steps,
                              sampler or self.default_sampler, eta, progress, step_callback)
@@ -184,8 +235,8 @@ class VideoPipeline(Pipeline):
 
     def _network(self, ctx: torch.Tensor, mask: torch.Tensor, history_noise: torch.Tensor | None = None,
                  level: float = 0.0):
-        """``net(x, t, y)`` for the videos ``ctx`` [n, C, F, H, W] with ``mask`` [n, 1, F, H, W]; CFG may double the
-        batch. Models with per-frame timesteps get the given frames at the clean level. With ``history_noise``
+        """``net(x, t, y[, text, text_mask])`` for the videos ``ctx`` [n, C, F, H, W] with ``mask`` [n, 1, F, H, W];
+        CFG may double the batch. Models with per-frame timesteps get the given frames at the clean level. With ``history_noise``
         [n, C, F, H, W] the given frames enter as frames to generate, noised to noise level ``level`` (fractional
         history guidance)."""
         given = given_frames_of(mask)                                   # [n, F]
@@ -195,14 +246,15 @@ class VideoPipeline(Pipeline):
             history = given[:, None, :, None, None]
             mask = torch.where(history, torch.ones_like(mask), mask)
 
-        def net(x, t, y):
+        def net(x, t, y, *text):
             r = x.shape[0] // ctx.shape[0]
             if history_noise is not None:
                 x = torch.where(history.repeat(r, 1, 1, 1, 1), noisy.repeat(r, 1, 1, 1, 1), x)
                 t = frame_timesteps(t, given.repeat(r, 1), level_t)
             elif self.frame_timesteps:
                 t = frame_timesteps(t, given.repeat(r, 1), clean)
-            return self.model(x, t, y, context=ctx.repeat(r, 1, 1, 1, 1), mask=mask.repeat(r, 1, 1, 1, 1))
+            captions = dict(zip(("text", "text_mask"), text))                # captioned models: states, mask
+            return self.model(x, t, y, context=ctx.repeat(r, 1, 1, 1, 1), mask=mask.repeat(r, 1, 1, 1, 1), **captions)
         return net
 
     def rollout_plan(self, history: int | None = None, stride: int | None = None) -> tuple[int, int]:
@@ -221,12 +273,12 @@ class VideoPipeline(Pipeline):
 
     def extend(self, video: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None,
                history: int | None = None, stride: int | None = None, seed: int = 0, progress: bool = False,
-               **kwargs) -> torch.Tensor:
+               frame_prompts: Sequence[Sequence[str]] | None = None, **kwargs) -> torch.Tensor:
         """Continue ``video`` [N, C, K, H, W] to ``num_frames`` frames by a sliding-window autoregressive rollout:
         each window of the model's length gives the last ``history`` frames of the video so far (default half the
         window), generates the rest and keeps the first ``stride`` of them (default all: window - history). ``labels``
-        [N, num_frames] (per frame) or [N]; window w uses seed + w * N; ``progress`` shows a bar over windows.
-        Other arguments as for ``__call__``."""
+        [N, num_frames] (per frame) or [N], ``frame_prompts`` (per video, num_frames captions) are cut per window;
+        window w uses seed + w * N; ``progress`` shows a bar over windows. Other arguments as for ``__call__``."""
         window = self.num_frames
         history, stride = self.rollout_plan(history, stride)
         if video.shape[2] < history:
@@ -243,6 +295,9 @@ class VideoPipeline(Pipeline):
             if labels is not None and labels.dim() == 2:
                 y = labels[:, start:start + window]
                 y = torch.cat([y, y[:, -1:].expand(N, window - y.shape[1])], dim=1)
+            if frame_prompts is not None:
+                kwargs["frame_prompts"] = [(list(p[start:start + window]) + [p[-1]] * window)[:window]
+                                           for p in frame_prompts]
             out = self(ctx, mask, y, seed=seed + w * N, **kwargs)
             keep = min(stride, num_frames - video.shape[2])
             video = torch.cat([video, out[:, :, history:history + keep]], dim=2)
