@@ -3,6 +3,9 @@ captions of held-out scenes (split 'heldout', scene seed 1) that occur nowhere a
 draws (every scene of ``train.steps x train.global_batch_size``, as ``ditkit.training.text`` draws them), distinct.
 
     python scripts/make_scene_prompts.py --config configs/mnist-t2i.yaml --num-prompts 300
+
+A calibration set for choices such as the guidance scale, disjoint from it: ``--seed 2 --num-prompts 80 --exclude
+ditkit/assets/mnist-scene-prompts.txt --out out/t2i/calibration-prompts.txt``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from ditkit.core.configs import TextTrainConfig
 from ditkit.core.outputs import write_text
 from ditkit.data.scenes import CaptionedScenes
 from ditkit.evaluation.text import HELDOUT_PROMPTS
+from ditkit.pipelines.text import read_prompts_file
 
 SEED = 1
 
@@ -31,10 +35,13 @@ def main(argv=None):
     p.add_argument("--config", default="configs/mnist-t2i.yaml")
     p.add_argument("--num-prompts", type=int, default=300)
     p.add_argument("--out", default=str(HELDOUT_PROMPTS))
+    p.add_argument("--seed", type=int, default=SEED, help="scene seed of the held-out scenes captioned")
+    p.add_argument("--exclude", help="a prompts file none of whose prompts may be drawn (e.g. the evaluation set)")
     args = p.parse_args(argv)
     cfg = load_config(TextTrainConfig, args.config, [])
-    seen = training_captions(cfg)
-    held = CaptionedScenes("heldout", cfg.data.pairs, cfg.data.omit, seed=SEED)
+    train = training_captions(cfg)
+    seen = train | (set(read_prompts_file(args.exclude)) if args.exclude else set())
+    held = CaptionedScenes("heldout", cfg.data.pairs, cfg.data.omit, seed=args.seed)
     prompts: list[str] = []
     index = 0
     while len(prompts) < args.num_prompts:
@@ -42,11 +49,11 @@ def main(argv=None):
         if text not in seen and text not in prompts:
             prompts.append(text)
         index += 1
-    header = (f"# {len(prompts)} held-out prompts of captioned MNIST scenes, none among the {len(seen)} distinct "
+    header = (f"# {len(prompts)} held-out prompts of captioned MNIST scenes, none among the {len(train)} distinct "
               f"captions of the {cfg.train.steps * cfg.train.global_batch_size} training scenes of {args.config} "
-              f"(held-out scenes 0..{index - 1}, seed {SEED}); written by scripts/make_scene_prompts.py\n")
+              f"(held-out scenes 0..{index - 1}, seed {args.seed}){' nor in ' + args.exclude if args.exclude else ''}; written by scripts/make_scene_prompts.py\n")
     print(f"wrote {write_text(args.out, header + ''.join(p + chr(10) for p in prompts))} ({index} held-out scenes "
-          f"drawn, {len(seen)} distinct training captions)")
+          f"drawn, {len(train)} distinct training captions)")
 
 
 if __name__ == "__main__":

@@ -180,3 +180,20 @@ def test_quantization_keeps_the_text_encoder_float():
     names = [name for name, _, _ in linear_slots(captioned())]
     assert names and not any(n.startswith("text_encoder") for n in names)
     assert any(n.startswith("cross.") for n in names) and isinstance(captioned().text_encoder, nn.Module)
+
+
+def test_story_config_fine_tunes_the_bundled_video_model():
+    """configs/moving-mnist-vdt-story.yaml is valid and starts from the bundled model: its output, whatever the
+    caption, is the bundled model's with the same (clean-level) timesteps."""
+    from pathlib import Path
+
+    from ditkit.pipelines.video import load_video_dit
+    cfg = load_config(VideoTrainConfig, Path(__file__).parent.parent / "configs/moving-mnist-vdt-story.yaml")
+    cfg.validate()
+    model = video_training.build_video_model(cfg.model, cfg.text_encoder).eval()
+    bundled = load_video_dit("moving-mnist-vdt")[0]
+    x, t = torch.randn(1, 1, 8, 32, 32), torch.tensor([700.0])
+    text, mask = model.encode_prompts(["the 3 moving up and to the left"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, None, text=text, text_mask=mask), bundled(x, t, None), atol=1e-5,
+                                   rtol=0)
