@@ -103,10 +103,12 @@ def run_video_eval(args) -> dict:
     print(f"ditkit eval: {args.model}, {args.task} on {result['num_videos']} held-out clips, "
           f"{result['sampling']['sampler']} {args.num_sampling_steps} steps, {result['sampling_seconds']:.1f} s")
     keys = metric_keys(result)
-    print(f"{'':10}" + "".join(f"{k:>16}" for k in keys))
+    width = max(16, *(len(k) + 2 for k in keys))
+    print(f"{'':10}" + "".join(f"{k:>{width}}" for k in keys))
     for name, prefix in (("model", ""), ("baseline", "baseline_"), ("real", "real_")):
         if prefix + keys[0] in result:
-            print(f"{name:10}" + "".join(f"{result[prefix + k]:>16.4f}" for k in keys))
+            print(f"{name:10}" + "".join(f"{result[prefix + k]:>{width}.4f}" if prefix + k in result else
+                                         f"{'-':>{width}}" for k in keys))
     print(f"baseline: {result['baseline']}")
     if plot_path:
         print(f"plot: {result['plot'] or 'skipped (matplotlib missing)'}")
