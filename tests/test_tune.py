@@ -72,3 +72,25 @@ def test_budget_bounds_and_bad_flags(tmp_path):
     cli_error("tune", "--seed", "1000", "--out", tmp_path / "r.yaml", names=("overlap", "--calibration-seed"))
     cli_error("tune", "--methods", "nosuch", names=("nosuch", "fora"))
     cli_error("tune", "--out", tmp_path / "r.txt", names=("--out", ".yaml"))
+
+
+def test_tune_a_diffusers_dit_folder(tmp_path):
+    """--model a local diffusers DiT folder: tuned through ditkit's adapter, the winner meets the budget on the
+    validation seeds and its YAML is a recipe ``generate --recipe`` applies to that folder."""
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    from ditkit.bench.tiny_diffusers import _nonzero
+    torch.manual_seed(0)
+    folder = tmp_path / "dit"
+    _nonzero(DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                   num_layers=2, sample_size=16, patch_size=2, num_embeds_ada_norm=10), 0
+             ).save_pretrained(folder)
+    run_cli("tune", "--model", folder, "--min-psnr", "25", "--methods", "fora,teacache", *FAST,
+            "--out", tmp_path / "recipe.yaml", "--json", tmp_path / "tune.json")
+    report = json.loads((tmp_path / "tune.json").read_text())
+    assert report["winner"] != "none" and report["validation"]["psnr"] >= 25
+    assert str(Recipe(str(tmp_path / "recipe.yaml"))) == str(Recipe(report["winner"]))
+    run_cli("generate", "--model", folder, "--recipe", tmp_path / "recipe.yaml", "--num-samples", "2",
+            "--num-sampling-steps", "6", "--npz", tmp_path / "s.npz", "--no-progress")
+    assert (tmp_path / "s.npz").is_file()
