@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from acceleration_util import tiny_dit
 from distributed import run
-from test_model_contract import tiny_video
+from test_model_contract import CAPTIONED, tiny_video
 
 from ditkit import cli
 from ditkit.acceleration.cache.base import rel_l1
@@ -22,6 +22,10 @@ from ditkit.diffusion.flow import FlowMatching
 from ditkit.models.attention import TokenLayout
 from ditkit.parallel.mesh import ParallelConfig, traffic
 from ditkit.pipelines.image import DiTPipeline
+from ditkit.data.scenes import VOCABULARY
+from ditkit.models.pixart import PixArt, PixArtConfig
+from ditkit.models.text import SmallTextEncoder, WordTokenizer
+from ditkit.pipelines.text import TextPipeline
 from ditkit.pipelines.video import VideoPipeline
 
 STEPS = 6
@@ -32,6 +36,8 @@ def generate(case: dict) -> torch.Tensor:
     torch.manual_seed(0)
     if case["kind"] == "image":
         pipe = DiTPipeline(tiny_dit(case.get("size", 40), flow=True), FlowMatching(1000.0))
+    elif case["kind"] == "text":
+        pipe = tiny_text_pipeline()
     else:
         pipe = VideoPipeline(tiny_video(case["layout"]), FlowMatching(1000.0))
     if "parallel" in case:
@@ -41,12 +47,29 @@ def generate(case: dict) -> torch.Tensor:
     if case["kind"] == "image":
         return pipe(class_labels=case.get("labels", [1, 2, 3]), num_sampling_steps=STEPS, sampler="euler",
                     cfg_scale=3.0, seed=0, guidance_interval=case.get("interval"))
+    if case["kind"] == "text":
+        return pipe(prompt=["a bold 7 at the top left", "3 above 8", "a small 2"], num_sampling_steps=STEPS,
+                    sampler="euler", cfg_scale=3.0, seed=0)
     frames = case.get("frames", 4)
+    captions = {"frame_prompts": [["a 3 moving left"] * (frames - 1) + ["a 5 moving up"]] * 2} \
+        if pipe.captioned else {}
     context = torch.rand(2, 1, frames, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     mask = torch.ones(1, 1, frames, 16, 16)
     mask[:, :, :1] = 0
     return pipe(context, mask, labels=[1, 2], num_sampling_steps=STEPS, sampler="euler", cfg_scale=2.0,
-                history_scale=case.get("history_scale", 1.0), seed=0)
+                history_scale=case.get("history_scale", 1.0), seed=0, **captions)
+
+
+def tiny_text_pipeline() -> TextPipeline:
+    """A random PixArt on 16x16 (64 tokens of patch 2, 3 heads) with a small word-level encoder."""
+    torch.manual_seed(0)
+    encoder = SmallTextEncoder(WordTokenizer(VOCABULARY), dim=16, depth=1, num_heads=2, max_length=12).eval()
+    model = PixArt(PixArtConfig(input_size=16, patch_size=2, hidden_size=48, depth=2, num_heads=3,
+                                caption_channels=16)).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.any():
+            torch.nn.init.normal_(module.weight, std=0.05)
+    return TextPipeline(model, FlowMatching(1000.0), encoder)
 
 
 def generate_all(rank: int, world_size: int, cases: list[dict]) -> list[tuple[torch.Tensor, int]]:
@@ -109,6 +132,17 @@ def test_video_dit_two_processes():
               {"kind": "video", "layout": "full3d", "frames": 5, "parallel": U2, "recipe": "toca:ratio=0.3"},
               {"kind": "video", "layout": "vdt", "frames": 4, "parallel": CFG, "history_scale": 2.0,
                "recipe": "firstblockcache:threshold=0.5"}]
+    check(cases, 2)
+
+
+def test_text_models_two_processes():
+    """PixArt (cross-attention to the prompt, text keys kept per generation) and the captioned VideoDiT with per-frame
+    captions: Ulysses (3 heads: one moved), ring and CFG parallelism, with a caching recipe."""
+    cases = [{"kind": "text", "parallel": p} for p in (U2, R2, CFG)]
+    cases += [{"kind": "text", "parallel": U2, "recipe": "teacache:threshold=0.3"},
+              {"kind": "video", "layout": CAPTIONED, "frames": 3, "parallel": U2},
+              {"kind": "video", "layout": CAPTIONED, "frames": 4, "parallel": R2, "recipe": "toca:ratio=0.3"},
+              {"kind": "video", "layout": CAPTIONED, "frames": 4, "parallel": CFG, "history_scale": 2.0}]
     check(cases, 2)
 
 

@@ -59,6 +59,10 @@ class TextConditioning:
 
     def __init__(self, t, e, text, mask, keys):
         self.t, self.e, self.text, self.mask, self.keys = t, e, text, mask, keys
+        self.shape = t.shape                     # one vector per sample, as the contract's [N, D] (sequence parallel)
+
+    def dim(self) -> int:
+        return self.t.dim()
 
     def __getitem__(self, idx) -> "TextConditioning":
         keys = self.keys
