@@ -197,3 +197,10 @@ def test_story_config_fine_tunes_the_bundled_video_model():
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, None, text=text, text_mask=mask), bundled(x, t, None), atol=1e-5,
                                    rtol=0)
+
+
+def test_captioned_video_config_is_a_video_config():
+    from pathlib import Path
+
+    from ditkit.core.configs import config_kind
+    assert config_kind(Path(__file__).parent.parent / "configs/moving-mnist-vdt-story.yaml") == "video"

@@ -353,6 +353,8 @@ def config_kind(path: str | None) -> str:
         return "image"
     data = yaml.safe_load(Path(path).read_text()) or {}
     model = data.get("model") or {}
+    if str(model.get("name", "")).startswith("VideoDiT") or "num_frames" in model:
+        return "video"                                   # (a captioned video config has a text_encoder too)
     if str(model.get("name", "")).startswith("PixArt") or "text_encoder" in data:
         return "text"
-    return "video" if str(model.get("name", "")).startswith("VideoDiT") or "num_frames" in model else "image"
+    return "image"
