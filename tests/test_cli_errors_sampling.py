@@ -138,6 +138,9 @@ VIDEO = ("generate-video", "--num-sampling-steps", "2", "--no-progress")
     (("--task", "predict", "--context", "heldout:0", "--history-scale", "2", "--history-guidance", "fractional"),
      ("per-frame noise levels", "vanilla")),
     (("--task", "predict", "--context", "heldout:0", "--history-guidance", "temporal"), ("--history-guidance",)),
+    (("--task", "predict", "--context", "heldout:0", "--num-frames", "16", "--stabilize-history", "0.1"),
+     ("--stabilize-history 0.1", "per-frame noise levels")),
+    (("--task", "predict", "--context", "heldout:0", "--stabilize-history", "0.1"), ("--num-frames > 8",)),
 ])
 def test_generate_video_bad_input(tmp_path, argv, names):
     np.save(tmp_path / "mask.npy", np.ones((32, 32)))

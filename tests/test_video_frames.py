@@ -224,3 +224,28 @@ def test_fine_tune_from_a_video_model(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
     with pytest.raises(ValueError, match="it has layout=vdt"):
         video_training.build_video_model(dataclasses.replace(tuned, layout="full3d"))
+
+
+def test_stabilised_history_is_seen_noised(tmp_path):
+    """history_level: one Euler step is x + v with v the network shown the given frames noised to that level (from
+    the history noise seeds, at that level's timestep); the output keeps them clean; extend(stabilize=) passes it."""
+    pipe = VideoPipeline.from_pretrained(save_frame_model(tmp_path / "m.safetensors"))
+    truth = torch.rand(2, 1, 4, 16, 16) * 2 - 1
+    mask = torch.ones(2, 1, 4, 16, 16)
+    mask[:, :, :2] = 0
+    x0 = torch.stack([torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)])
+    eps_h = torch.stack([torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(i + HISTORY_NOISE_SEED))
+                         for i in range(2)])
+    history = torch.zeros(1, 1, 4, 1, 1, dtype=torch.bool)
+    history[:, :, :2] = True
+    with torch.no_grad():
+        v = pipe.model(torch.where(history, 0.9 * truth + 0.1 * eps_h, x0), torch.tensor([[900.0, 900.0, 0, 0]] * 2),
+                       torch.full((2,), 10), context=truth, mask=torch.ones_like(mask))
+    out = pipe(truth, mask, num_sampling_steps=1, sampler="euler", history_level=0.1)
+    torch.testing.assert_close(out, torch.where(mask.bool(), (x0 + v).clamp(-1, 1), truth), atol=1e-5, rtol=0)
+    assert not torch.equal(out, pipe(truth, mask, num_sampling_steps=1, sampler="euler"))
+    rolled = pipe.extend(truth, 6, stabilize=0.1, num_sampling_steps=1)
+    assert rolled.shape[2] == 6 and torch.equal(rolled[:, :, :4], truth)
+    plain = VideoPipeline(tiny_model(frame_timesteps=False), pipe.process, None, pipe.metadata)
+    with pytest.raises(ValueError, match="history_level"):
+        plain(truth, mask, num_sampling_steps=1, history_level=0.1)

@@ -23,7 +23,7 @@ from ..evaluation.video import heldout_clip
 from ..pipelines.base import is_video_model, resolve_model_path
 from ..pipelines.video import VideoPipeline, video_condition
 from .flags import (add_history_guidance_args, add_parallel_args, add_sampling_args, history_kwargs, nonnegative_int,
-                    parallel_config, parallel_note, positive_int)
+                    parallel_config, parallel_note, positive_int, unit_float)
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".png")
 
@@ -112,9 +112,13 @@ def run(args):
                          f"applies to predict, animate, story and uncond; use --num-frames <= {window} for {args.task}")
     if F > window:
         pipe.rollout_plan(args.history_frames, args.window_stride)
-    elif args.history_frames or args.window_stride:
-        raise ValueError(f"--history-frames and --window-stride shape a rollout beyond the model's {window} frames; "
-                         f"add --num-frames > {window} or drop them")
+        if args.stabilize_history and not (args.stabilize_history < 1 and pipe.frame_timesteps):
+            raise ValueError(f"--stabilize-history {args.stabilize_history}: a noise level in (0, 1) for models "
+                             f"trained with per-frame noise levels (model.frame_timesteps); {args.model} is not one "
+                             f"or the level is 1: drop it or use a level such as 0.1")
+    elif args.history_frames or args.window_stride or args.stabilize_history:
+        raise ValueError(f"--history-frames, --window-stride and --stabilize-history shape a rollout beyond the "
+                         f"model's {window} frames; add --num-frames > {window} or drop them")
     mask = None if args.mask is None else load_mask(args.mask)
     context, mask = video_condition(args.task, context, window, pipe.frame_shape, args.given_frames, args.stride, mask)
     labels = frame_labels(args, F)
@@ -133,7 +137,8 @@ def run(args):
                  frame_prompts=None if per_frame is None else [per_frame[:window]], **kwargs)
     if F > window:
         video = pipe.extend(video, F, labels, history=args.history_frames, stride=args.window_stride, seed=args.seed,
-                            progress=progress, frame_prompts=None if per_frame is None else [per_frame], **kwargs)
+                            progress=progress, frame_prompts=None if per_frame is None else [per_frame],
+                            stabilize=args.stabilize_history, **kwargs)
         mask = torch.cat([mask, torch.ones(F - window, *mask.shape[1:])])
     if not pipe.is_main:                        # every process holds the video; the first one writes it
         return
@@ -162,6 +167,9 @@ def register(sub):
                                                   "are rolled out window by window, see --history-frames)")
     g.add_argument("--history-frames", type=positive_int, help="rollout: frames of the video so far that each new "
                                                                "window is given (default half the window)")
+    g.add_argument("--stabilize-history", type=unit_float, default=0.0,
+                   help="rollout: show each window its generated history at this noise level, in (0, 1) (Diffusion "
+                        "Forcing's stabilisation; models trained with per-frame noise levels; 0 = clean)")
     g.add_argument("--window-stride", type=positive_int, help="rollout: new frames kept per window (default all the "
                                                               "window generates: window - history frames)")
     g.add_argument("--given-frames", type=positive_int, help="predict/backward: number of given frames (default: the "

@@ -173,8 +173,9 @@ class VideoPipeline(Pipeline):
                  num_sampling_steps: int = 50, sampler: str | None = None, cfg_scale: float = 1.0,
                  guidance_interval=None, history_scale: float = 1.0, history_guidance: str = "vanilla",
                  history_noise: float = 0.5, prompt: str | Sequence[str] | None = None,
-                 frame_prompts: Sequence[Sequence[str]] | None = None, seed: int = 0, eta: float = 0.0,
-                 batch_size: int | None = None, progress: bool = False, step_callback=None) -> torch.Tensor:
+                 frame_prompts: Sequence[Sequence[str]] | None = None, history_level: float = 0.0, seed: int = 0,
+                 eta: float = 0.0, batch_size: int | None = None, progress: bool = False,
+                 step_callback=None) -> torch.Tensor:
         """context [N, C, F, H, W] (clean given values), mask [N or 1, 1, F, H, W] or [F, H, W] (1 = generate),
         labels [N] or per frame [N, F] (None = the null label); a captioned model also takes ``prompt`` (one per
         video, or one for all) or ``frame_prompts`` (per video, one caption per frame; story continuation), else the
@@ -183,9 +184,14 @@ class VideoPipeline(Pipeline):
         ``guidance_interval``, if given), ``history_scale`` towards the given frames with ``history_guidance``
         'vanilla' (one more network call per step) or 'fractional' (two more; the history noised to level
         ``history_noise``, models trained with per-frame noise levels only;
-        :class:`~ditkit.diffusion.guidance.HistoryGuidedModel`).
+        :class:`~ditkit.diffusion.guidance.HistoryGuidedModel`). ``history_level`` > 0 shows the network the given
+        frames noised to that level (Diffusion Forcing's stabilisation of generated history in rollouts: the model
+        does not take its own slightly wrong frames for clean truth; per-frame-noise models only).
         Returns [N, C, F, H, W] in [-1, 1]; video i uses seed + i whatever the batch size."""
         self.check_history_guidance(history_guidance, history_scale, history_noise)
+        if history_level and not (0 < history_level < 1 and self.frame_timesteps):
+            raise ValueError(f"history_level={history_level!r}: the noise level of the given frames, in (0, 1), for "
+                             f"models trained with per-frame noise levels (model.frame_timesteps); 0 = clean")
         prompts = self._prompts(prompt, frame_prompts, context, labels, num_videos)
         if context is None:
             n = num_videos or (len(labels) if labels is not None else len(prompts) if prompts is not None else 1)
@@ -215,14 +221,16 @@ class VideoPipeline(Pipeline):
             if self.captioned:                          # the captions, and the empty caption CFG contrasts them with
                 empty = [[""] * len(p) for p in prompts[sl]]
                 cond, uncond = (y, *self._encode(prompts[sl])), (null_y, *self._encode(empty))
-            network, branch = self.guidance_split(self._network(ctx, m))
+            history = NoiseSource([s + HISTORY_NOISE_SEED for s in seeds], self.device).randn(C, F, H, W) \
+                if history_level or (history_guidance == "fractional" and history_scale != 1.0) else None
+            given_net = self._network(ctx, m, history, history_level) if history_level else self._network(ctx, m)
+            network, branch = self.guidance_split(given_net)
             guided = GuidedModel(network, cond, uncond, cfg_scale, self.process, interval=guidance_interval,
                                  batched=True, branch_callback=branch)
             if history_scale != 1.0:
                 free = self._network(ctx, torch.ones_like(m))                  # nothing given: no mask, no label
                 noised = None
                 if history_guidance == "fractional":
-                    history = NoiseSource([s + HISTORY_NOISE_SEED for s in seeds], self.device).randn(C, F, H, W)
                     noised = self._network(ctx, m, history, history_noise)
                 guided = HistoryGuidedModel(guided, lambda x, t, free=free, u=uncond: free(x, t, *u),
                                             history_scale, None if noised is None else
@@ -273,12 +281,14 @@ class VideoPipeline(Pipeline):
 
     def extend(self, video: torch.Tensor, num_frames: int, labels: torch.Tensor | None = None,
                history: int | None = None, stride: int | None = None, seed: int = 0, progress: bool = False,
-               frame_prompts: Sequence[Sequence[str]] | None = None, **kwargs) -> torch.Tensor:
+               frame_prompts: Sequence[Sequence[str]] | None = None, stabilize: float = 0.0,
+               **kwargs) -> torch.Tensor:
         """Continue ``video`` [N, C, K, H, W] to ``num_frames`` frames by a sliding-window autoregressive rollout:
         each window of the model's length gives the last ``history`` frames of the video so far (default half the
         window), generates the rest and keeps the first ``stride`` of them (default all: window - history). ``labels``
         [N, num_frames] (per frame) or [N], ``frame_prompts`` (per video, num_frames captions) are cut per window;
-        window w uses seed + w * N; ``progress`` shows a bar over windows. Other arguments as for ``__call__``."""
+        window w uses seed + w * N; ``progress`` shows a bar over windows; ``stabilize`` > 0 gives each window its
+        (generated) history at that noise level (``history_level``). Other arguments as for ``__call__``."""
         window = self.num_frames
         history, stride = self.rollout_plan(history, stride)
         if video.shape[2] < history:
@@ -298,7 +308,7 @@ class VideoPipeline(Pipeline):
             if frame_prompts is not None:
                 kwargs["frame_prompts"] = [(list(p[start:start + window]) + [p[-1]] * window)[:window]
                                            for p in frame_prompts]
-            out = self(ctx, mask, y, seed=seed + w * N, **kwargs)
+            out = self(ctx, mask, y, seed=seed + w * N, history_level=stabilize, **kwargs)
             keep = min(stride, num_frames - video.shape[2])
             video = torch.cat([video, out[:, :, history:history + keep]], dim=2)
         return video
