@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import ditkit.acceleration.attention.sta as sta
-from ditkit.acceleration.attention.base import parse_indices, parse_triples
+from ditkit.acceleration.attention.base import parse_indices, parse_triples, text_dense
 from ditkit.acceleration.attention.fastattn import WindowResidualAttention
 from ditkit.acceleration.attention.sta import (auto_window, search_windows, sliding_tile_attention, sta_density,
                                                tile_plan, window_candidates)
@@ -344,3 +344,63 @@ def test_rope_tables_are_cached_per_device_and_dtype():
     a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
     ref = torch.stack([a * rope.cos - b * rope.sin, a * rope.sin + b * rope.cos], dim=-1).flatten(-2)
     assert torch.equal(out, ref)
+
+
+def _attended(kernel, q, k, layout):
+    """[B, h, N, N] bool: the key positions ``kernel`` attends per query: its probabilities with one-hot values
+    (q, k zero-padded to N dims, q rescaled so that the scores are unchanged)."""
+    N, D = q.shape[2], q.shape[3]
+    pad = lambda t: torch.nn.functional.pad(t, (0, N - D))
+    eye = torch.eye(N).expand(*q.shape[:2], -1, -1).contiguous()
+    return kernel(pad(q * (N / D) ** 0.5), pad(k), eye, layout) > 0
+
+
+KERNELS = {"sta": lambda q, k, v, layout, lse=False: sliding_tile_attention(q, k, v, layout, (1, 4, 4), None, 0.3, lse),
+           "topk": lambda q, k, v, layout, lse=False: topk_attention(q, k, v, layout, (1, 4, 4), 0.3, lse),
+           "svg": lambda q, k, v, layout, lse=False: sparse_videogen(
+               q, k, v, layout, 0.3, 16, 8, torch.Generator().manual_seed(0), lse)}
+
+
+@pytest.fixture
+def fixed_svg_heads(monkeypatch):
+    """SVG's profiling picks heads from q, k and v: fixed here (sample 0: spatial, temporal, spatial; sample 1 the
+    reverse), so one-hot values probe the same pattern."""
+    import ditkit.acceleration.attention.svg as svg
+    monkeypatch.setattr(svg, "classify_heads", lambda q, *a, **k: torch.tensor([[False, True, False],
+                                                                               [True, False, True]]))
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernels_log_sum_exp_is_that_of_their_pattern(name, fixed_svg_heads):
+    kernel, layout = KERNELS[name], TokenLayout(2, 8, 8)
+    q, k, v = qkv(N=layout.num_tokens)
+    out, lse = kernel(q, k, v, layout, lse=True)
+    mask = _attended(kernel, q, k, layout)
+    scores = (q @ k.transpose(-2, -1)) / 4 + torch.where(mask, 0.0, float("-inf"))
+    assert mask.float().mean() < 0.7                                        # really sparse
+    torch.testing.assert_close(lse, scores.logsumexp(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, scores.softmax(-1) @ v, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_joint_text_image_attention_keeps_the_text_dense(name, fixed_svg_heads):
+    """Joint attention (text then image tokens): text rows and text columns dense, the kernel's pattern on the image
+    block; equal to masked dense attention. A keep-everything kernel gives dense attention."""
+    kernel, image, L = KERNELS[name], TokenLayout(2, 8, 8), 5
+    q, k, v = qkv(N=L + image.num_tokens)
+    mask = torch.ones(2, 3, q.shape[2], q.shape[2], dtype=torch.bool)
+    mask[:, :, L:, L:] = _attended(kernel, q[:, :, L:], k[:, :, L:], image)
+    joint = text_dense(kernel, q, k, v, TokenLayout(*image.shape, text=L))
+    expected = ((q @ k.transpose(-2, -1)) / 4 + torch.where(mask, 0.0, float("-inf"))).softmax(-1) @ v
+    torch.testing.assert_close(joint, expected, atol=1e-5, rtol=1e-5)
+    assert (joint - sdpa(q, k, v)).abs().max() > 1e-3                        # the image part really is sparse
+    dense_kernel = lambda q, k, v, layout, lse=False: sliding_tile_attention(q, k, v, layout, (1, 4, 4), None, 1.0,
+                                                                             lse)
+    torch.testing.assert_close(text_dense(dense_kernel, q, k, v, TokenLayout(*image.shape, text=L)), sdpa(q, k, v),
+                               atol=1e-5, rtol=1e-5)
+    padding = torch.ones(2, 1, 1, L, dtype=torch.bool)
+    padding[0, ..., 3:] = False                                              # sample 0: two padded text tokens
+    mask[:, :, :, :L] &= padding
+    padded = text_dense(kernel, q, k, v, TokenLayout(*image.shape, text=L, text_mask=padding))
+    expected = ((q @ k.transpose(-2, -1)) / 4 + torch.where(mask, 0.0, float("-inf"))).softmax(-1) @ v
+    torch.testing.assert_close(padded, expected, atol=1e-5, rtol=1e-5)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from .stack import BlockStack, latent_grid
 
-JOINT = ("its self-attention is joint over text and image tokens{mask}; ditkit's sparse and linear backends "
-         "do not yet keep the text tokens dense beside a sparse image pattern")
 
 
 def packed_grid(model, args) -> tuple[int, int, int]:
@@ -34,30 +32,29 @@ ADAPTERS: dict[str, BlockStack] = {
     "SanaTransformer2DModel": BlockStack(
         blocks=("transformer_blocks",), grid=latent_grid(), self_attention=(),
         attention_unsupported="its self-attention is already ReLU linear attention (no softmax to sparsify)"),
-    # joint blocks returning (text, image); the last one returns (None, image)
+    # joint blocks returning (text, image), the joint attention puts text last; the last block returns (None, image)
     "SD3Transformer2DModel": BlockStack(
         blocks=("transformer_blocks",), grid=latent_grid(), text="encoder_hidden_states", returns=("text", "hidden"),
-        self_attention=("attn",), attention_unsupported=JOINT.format(mask="")),
+        self_attention=("attn",), joint="text-last"),
     # dual-stream then single-stream blocks, both called alike and returning (text, image); true CFG: two calls
     "FluxTransformer2DModel": BlockStack(
         blocks=("transformer_blocks", "single_transformer_blocks"), grid=packed_grid, text="encoder_hidden_states",
         returns=("text", "hidden"), self_attention=("attn",), shared=("image_rotary_emb",), cfg="separate",
-        attention_unsupported=JOINT.format(mask="")),
+        joint="text-first"),
     # self-attention attn1 (RoPE), cross-attention attn2; the pipeline calls cond, then uncond
     "WanTransformer3DModel": BlockStack(blocks=("blocks",), grid=latent_grid(), shared=("rotary_emb",),
                                         float_modules=("condition_embedder.time_embedder",), cfg="separate"),
     # input [N, F, C, H, W]; joint blocks returning (image, text)
     "CogVideoXTransformer3DModel": BlockStack(
         blocks=("transformer_blocks",), grid=latent_grid(frames_patch="patch_size_t", frame_dim=1),
-        text="encoder_hidden_states", returns=("hidden", "text"), shared=("image_rotary_emb",),
-        attention_unsupported=JOINT.format(mask="")),
+        text="encoder_hidden_states", returns=("hidden", "text"), shared=("image_rotary_emb",), joint="text-first"),
     # packed tokens; self-attention attn1 (RoPE), cross-attention attn2 with the text mask
     "LTXVideoTransformer3DModel": BlockStack(blocks=("transformer_blocks",), grid=ltx_grid),
     # dual-stream then single-stream blocks returning (image, text); joint attention with a text padding mask
     "HunyuanVideoTransformer3DModel": BlockStack(
         blocks=("transformer_blocks", "single_transformer_blocks"), grid=latent_grid(frames_patch="patch_size_t"),
         text="encoder_hidden_states", returns=("hidden", "text"), self_attention=("attn",),
-        shared=("freqs_cis",), cfg="separate", attention_unsupported=JOINT.format(mask=" (with a padding mask)")),
+        shared=("freqs_cis",), cfg="separate", joint="text-last"),
 }
 
 

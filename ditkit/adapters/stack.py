@@ -18,7 +18,8 @@ model's own code:
   reusing whole blocks there;
 - each self-attention module's processor is wrapped: while a ditkit backend is installed on it, the processor's
   call to ``torch.nn.functional.scaled_dot_product_attention`` (direct, or through diffusers' dispatcher) runs the
-  backend instead, with the token layout of that call (all frames, one frame or one position over frames).
+  backend instead, with the token layout of that call (all frames, one frame or one position over frames; in a
+  joint call the text tokens too, put first for the backend, with a key padding mask when the model passes one).
 
 Everything is put back by :meth:`StackAdapter.close`. Limits: the routing swaps the module attribute
 ``F.scaled_dot_product_attention`` for the duration of a wrapped processor call, so two threads must not run
@@ -27,6 +28,7 @@ float32 (in bf16 they may round differently).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -56,6 +58,9 @@ class BlockStack:
                     None where text is a fixed input (cross-attention)
     returns         what a block returns, in order: ("hidden",), ("hidden", "text") or ("text", "hidden")
     self_attention  each block's softmax attention submodules over the image tokens (where backends apply)
+    joint           where a joint attention call puts the ``text`` tokens beside the image tokens: "text-first"
+                    (FLUX, CogVideoX) or "text-last" (SD3); backends then keep the text part dense. None: the
+                    self-attention sees image tokens only
     attention_unsupported  why attention backends cannot apply to the model (None: they can)
     shared          block arguments that are not per sample (rotary tables), never split by rows
     float_modules   modules whose linear layers quantization keeps float (code reads their parameters' dtype)
@@ -69,6 +74,7 @@ class BlockStack:
     text: str | None = None
     returns: tuple[str, ...] = ("hidden",)
     self_attention: tuple[str, ...] = ("attn1",)
+    joint: str | None = None
     attention_unsupported: str | None = None
     shared: tuple[str, ...] = ()
     float_modules: tuple[str, ...] = ()
@@ -81,6 +87,10 @@ class BlockStack:
         if set(self.returns) != names or len(self.returns) != len(names):
             raise ValueError(f"BlockStack returns={self.returns}: a block returns {sorted(names)} in some order "
                              f"(text= is {'set' if self.text else 'not set'})")
+        if self.joint not in (None, "text-first", "text-last"):
+            raise ValueError(f"BlockStack joint={self.joint!r}: 'text-first', 'text-last' or None")
+        if self.joint and not self.text:
+            raise ValueError("BlockStack joint= needs text= (the block argument holding the text tokens)")
         if self.cfg not in ("uncond+cond", "cond+uncond", "separate"):
             raise ValueError(f"BlockStack cfg={self.cfg!r}: 'uncond+cond', 'cond+uncond' or 'separate'")
 
@@ -202,12 +212,18 @@ class _RoutedProcessor:
         def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **rest):
             q, k, v = query, key, value
             layout = self.adapter.attention_layout(q.shape[-2])
+            if attn_mask is not None and layout is not None and layout.text:
+                text_mask = self.adapter.text_padding(attn_mask, layout)
+                if text_mask is not None:
+                    attn_mask, layout = None, dataclasses.replace(layout, text_mask=text_mask)
             if (attn_mask is not None or dropout_p or is_causal or any(rest.values()) or layout is None or k.shape[-2] != q.shape[-2]
                     or (scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-12)):
                 return dense(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                              **rest)
             F.scaled_dot_product_attention = dense                # the backend's own dense calls
             try:
+                if layout.text:
+                    return dense(q, k, v) if self.slot.backend is None else self._joint(q, k, v, layout)
                 if self.slot.observer is not None:
                     self.slot.observer(q, k)
                 return dense(q, k, v) if self.slot.backend is None else self.slot.backend(q, k, v, layout)
@@ -219,6 +235,16 @@ class _RoutedProcessor:
             return self.inner(*args, **kwargs)
         finally:
             F.scaled_dot_product_attention = dense
+
+
+    def _joint(self, q, k, v, layout: TokenLayout):
+        """The backend on a joint call, whose tokens it takes text first (:func:`text_dense`)."""
+        if self.adapter.spec.joint == "text-first":
+            return self.slot.backend(q, k, v, layout)
+        T = q.shape[2] - layout.text
+        text_first = lambda t: torch.cat([t[:, :, T:], t[:, :, :T]], dim=2)
+        out = self.slot.backend(text_first(q), text_first(k), text_first(v), layout)
+        return torch.cat([out[:, :, layout.text:], out[:, :, :layout.text]], dim=2)
 
 
 class _StackRun:
@@ -306,6 +332,11 @@ class StackAdapter(nn.Module):
         """Modules whose linear layers quantization keeps float (the declaration's ``float_modules``)."""
         return tuple(f"model.{name}." for name in self.spec.float_modules)
 
+    @property
+    def joint_attention(self) -> bool:
+        """True if the self-attention is joint over text and image tokens."""
+        return self.spec.joint is not None
+
     def attention_layers(self) -> list[AttentionSlot]:
         """The self-attention layers, in block order (what attention recipes select with layers=)."""
         if self.spec.attention_unsupported:
@@ -324,12 +355,27 @@ class StackAdapter(nn.Module):
 
     def attention_layout(self, n: int) -> TokenLayout | None:
         """The layout of an attention call over ``n`` tokens: the whole grid, one frame, or one position over the
-        frames; None when text tokens share the call (joint attention) or nothing matches."""
+        frames; the text tokens and the whole grid in a joint call (``joint``); None when nothing matches."""
         f, h, w = self.image_grid()
+        if self.spec.joint and n == self._text + f * h * w:
+            return TokenLayout(f, h, w, text=self._text)
         for layout in (TokenLayout(f, h, w), TokenLayout(1, h, w), TokenLayout(f, 1, 1)):
             if layout.num_tokens == n:
                 return layout
         return None
+
+    def text_padding(self, mask: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
+        """A joint call's key padding mask [B, 1, 1, N] (bool, HunyuanVideo's) -> its text part [B, 1, 1, L], if
+        every image key is attended (read on the host once per mask tensor); None for any other mask."""
+        if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:] != (1, 1, layout.num_tokens):
+            return None
+        found = getattr(mask, "_ditkit_text_mask", None)
+        if found is None:
+            L, T = layout.text, layout.num_tokens - layout.text
+            image, text = (mask[..., :T], mask[..., T:]) if self.spec.joint == "text-last" else \
+                (mask[..., L:], mask[..., :L])
+            found = mask._ditkit_text_mask = text if bool(image.all()) else False
+        return None if found is False else found
 
     def _remember_inputs(self, module, args, kwargs):
         self._grid_args = self._forward_signature.bind_partial(*args, **kwargs).arguments

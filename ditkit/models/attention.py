@@ -8,6 +8,7 @@ touching model code. A backend is any callable ``fn(q, k, v, layout) -> out`` wi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -21,13 +22,15 @@ class TokenLayout:
     blocks; 0 otherwise), then frames x height x width image tokens (row-major, frames outermost).
 
     ``shard``: under sequence parallelism (:mod:`ditkit.parallel.sequence`), this process holds only a contiguous
-    part of the sequence; the shard says which, and runs attention across the processes. The sizes stay global."""
+    part of the sequence; the shard says which, and runs attention across the processes. The sizes stay global.
+    ``text_mask``: a joint call's text padding mask, [B, 1, 1, text] bool (True: attend), when it has one."""
 
     frames: int
     height: int
     width: int
     text: int = 0
     shard: Any = field(default=None, compare=False, repr=False)
+    text_mask: Any = field(default=None, compare=False, repr=False)
 
     @property
     def num_tokens(self) -> int:
@@ -42,8 +45,39 @@ Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "TokenLayout | Non
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
-    """Dense softmax attention, the reference backend. q, k, v: [B, heads, N, head_dim]."""
-    return F.scaled_dot_product_attention(q, k, v)
+    """Dense softmax attention, the reference backend. q, k, v: [B, heads, N, head_dim]; a joint call's padded text
+    keys (``layout.text_mask``) masked."""
+    if layout is None or layout.text_mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    keys = F.pad(layout.text_mask, (0, k.shape[2] - layout.text), value=True)     # image keys always attended
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+
+
+def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense softmax attention and its log-sum-exp: q [B, H, m, d], k, v [B, H, n, d] -> out [B, H, m, d],
+    lse [B, H, m] (float32). Fused kernels where PyTorch exposes the LSE, the math path elsewhere and with a boolean
+    key ``mask`` [B, 1, 1, n] (True: attend; a query with no key left gets lse -inf and a zero output)."""
+    if mask is not None:
+        scores = ((q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+        lse = scores.logsumexp(-1)
+        return (scores - lse[..., None]).exp().nan_to_num(0.0).to(v.dtype) @ v, lse
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)[:2]
+        return out, lse.float()
+    if q.device.type == "cuda":
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+        return out, lse[..., :q.shape[2]].float()
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    lse = scores.logsumexp(-1)
+    return (scores - lse[..., None]).exp().to(v.dtype) @ v, lse
+
+
+def merge_attention(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor):
+    """Two partial attentions over disjoint key sets (outputs [B, H, m, d], LSEs [B, H, m]) -> the attention over
+    their union (out in float32) and its LSE."""
+    new = torch.logaddexp(lse, part_lse)
+    return out * (lse - new).exp()[..., None] + part.float() * (part_lse - new).exp().nan_to_num(0.0)[..., None], new
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout | None = None,

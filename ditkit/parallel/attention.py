@@ -24,28 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as differentiable
 
-from ..models.attention import HeadSplit, sdpa
+from ..models.attention import HeadSplit, merge_attention, sdpa, sdpa_with_lse
 from .mesh import all_gather_rows, traffic
-
-
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense softmax attention and its log-sum-exp: q [B, H, m, d], k, v [B, H, n, d] -> out [B, H, m, d],
-    lse [B, H, m] (float32). Fused kernels where PyTorch exposes the LSE, the math path elsewhere."""
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)[:2]
-        return out, lse.float()
-    if q.device.type == "cuda":
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-        return out, lse[..., :q.shape[2]].float()
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
-    lse = scores.logsumexp(-1)
-    return (scores - lse[..., None]).exp().to(v.dtype) @ v, lse
-
-
-def merge(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor):
-    """Two partial attentions over disjoint key sets -> the attention over their union (out in float32)."""
-    new = torch.logaddexp(lse, part_lse)
-    return out * (lse - new).exp()[..., None] + part.float() * (part_lse - new).exp()[..., None], new
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: list[int], index: int, group) -> torch.Tensor:
@@ -65,8 +45,8 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sizes: lis
             pending = dist.batch_isend_irecv([dist.P2POp(dist.isend, kv, send_to, group),
                                               dist.P2POp(dist.irecv, incoming, recv_from, group)])
             traffic.add(kv, 1)
-        part, part_lse = attention_with_lse(q, kv[0], kv[1])
-        out, lse = (part.float(), part_lse) if out is None else merge(out, lse, part, part_lse)
+        part, part_lse = sdpa_with_lse(q, kv[0], kv[1])
+        out, lse = (part.float(), part_lse) if out is None else merge_attention(out, lse, part, part_lse)
         if pending is not None:
             for request in pending:
                 request.wait()

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from ...hooks.method import Method, param
 from ...hooks.points import HookPoints
-from ...models.attention import Attention, LinearAttention, TokenLayout, sdpa
+from ...models.attention import Attention, LinearAttention, TokenLayout, merge_attention, sdpa, sdpa_with_lse
 
 
 def parse_indices(spec, n: int) -> list[int]:
@@ -79,6 +81,30 @@ def dense_fraction(index: int, count: int, fraction: float) -> bool:
     return index < math.ceil(fraction * count - 1e-9)
 
 
+def image_tokens(q, layout: TokenLayout | None) -> int:
+    """Image tokens of an attention call q [B, h, N, d] (the text tokens of a joint call excluded)."""
+    return q.shape[2] - (layout.text if layout is not None else 0)
+
+
+def text_dense(kernel, q, k, v, layout: TokenLayout | None):
+    """``kernel(q, k, v, layout)`` on an image-only call. On a joint call over ``layout.text`` text tokens, then the
+    image tokens (SD3, FLUX, CogVideoX), the text stays dense: text queries attend every key; image queries attend
+    the text keys densely and the image keys through ``kernel(q, k, v, image_layout, lse=True)``, the two merged
+    exactly by their log-sum-exps. So the sparse pattern covers image-image pairs only, and a kernel that keeps
+    everything gives dense attention. ``layout.text_mask`` [B, 1, 1, L] (HunyuanVideo's padding) masks text keys.
+    q, k, v [B, h, L + T, d] -> [B, h, L + T, d]."""
+    if layout is None or not layout.text:
+        return kernel(q, k, v, layout)
+    L = layout.text
+    out = torch.empty_like(q)
+    out[:, :, :L] = sdpa(q[:, :, :L], k, v, layout)
+    q_image, k_image, v_image = (t[:, :, L:] for t in (q, k, v))
+    image, image_lse = kernel(q_image, k_image, v_image, TokenLayout(*layout.shape), lse=True)
+    text, text_lse = sdpa_with_lse(q_image, k[:, :, :L], v[:, :, :L], layout.text_mask)
+    out[:, :, L:] = merge_attention(image, image_lse, text, text_lse)[0]
+    return out
+
+
 @dataclasses.dataclass
 class AttentionMethod(Method):
     layers: str = param("all", check=check_indices, example="0-3")
@@ -89,9 +115,13 @@ class AttentionMethod(Method):
         super().__post_init__()
         self.step, self.num_steps, self.branch = 0, 1, "cond"
 
-    def kernel(self, q, k, v, layout: TokenLayout | None):
-        """The efficient attention itself: q, k, v [B, h, N, d] -> [B, h, N, d]."""
+    joint = True      # the kernel gives log-sum-exps (``lse=True``), so joint text-image calls keep text dense
+
+    def kernel(self, q, k, v, layout: TokenLayout | None, lse: bool = False):
+        """The efficient attention itself on image tokens: q, k, v [B, h, N, d] -> [B, h, N, d]; with ``lse``,
+        (out, the log-sum-exp [B, h, N] float32 of each query over the keys it attended)."""
         raise NotImplementedError
+
 
     def layout_density(self, layout: TokenLayout) -> float:
         """Fraction of query-key pairs :meth:`kernel` computes on ``layout``."""
@@ -104,15 +134,19 @@ class AttentionMethod(Method):
     def make_backend(self, layer: int, num_layers: int):
         """The backend ``fn(q, k, v, layout)`` installed on softmax attention layer ``layer``."""
         def backend(q, k, v, layout):
-            if q.shape[2] < self.min_tokens or self.dense(layer, num_layers):
-                return sdpa(q, k, v)
-            return self.kernel(q, k, v, layout)
+            if image_tokens(q, layout) < self.min_tokens or self.dense(layer, num_layers):
+                return sdpa(q, k, v, layout)
+            return text_dense(self.kernel, q, k, v, layout)
         return backend
 
     def attach(self, model) -> None:
         attns = softmax_attention_layers(model)
         if not attns:
             raise ValueError(f"{self.name}: the model has no softmax attention layers")
+        if getattr(model, "joint_attention", False) and not self.joint:
+            raise ValueError(f"{self.name} cannot apply to {type(getattr(model, 'model', model)).__name__}: its "
+                             f"self-attention is joint over text and image tokens, and {self.name} has no log-sum-exp "
+                             f"to merge a dense text part with")
         longest = longest_attention(model)
         if longest is not None and longest < self.min_tokens:
             raise ValueError(f"{self.name}: this model's attention calls have at most {longest} tokens, fewer than "

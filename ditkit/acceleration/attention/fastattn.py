@@ -15,7 +15,7 @@ import dataclasses
 
 from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
-from .base import AttentionMethod
+from .base import AttentionMethod, image_tokens, text_dense
 from .sta import parse_tile, parse_windows, sliding_tile_attention, sta_density
 
 
@@ -40,14 +40,18 @@ class WindowResidualAttention(AttentionMethod):
         self.residuals = {}
 
     def window_attention(self, q, k, v, layout):
-        return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density)
+        """The local-window attention W (text kept dense in a joint call)."""
+        return text_dense(self.window_kernel, q, k, v, layout)
+
+    def window_kernel(self, q, k, v, layout, lse: bool = False):
+        return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density, lse)
 
     def full_step(self) -> bool:
         return self.step < self.warmup or self.step % self.refresh == 0
 
     def prime(self, key, q, k, v, layout):
         """Full attention; stores the residual under ``key`` and returns the full output."""
-        full = sdpa(q, k, v)
+        full = sdpa(q, k, v, layout)
         self.residuals[key] = full - self.window_attention(q, k, v, layout)
         return full
 
@@ -60,8 +64,8 @@ class WindowResidualAttention(AttentionMethod):
 
     def make_backend(self, layer: int, num_layers: int):
         def backend(q, k, v, layout):
-            if q.shape[2] < self.min_tokens:
-                return sdpa(q, k, v)
+            if image_tokens(q, layout) < self.min_tokens:
+                return sdpa(q, k, v, layout)
             key = (layer, self.branch)
             r = self.residuals.get(key)
             if self.full_step() or r is None or r.shape != q.shape:

@@ -19,6 +19,7 @@ from .base import AttentionMethod
 @dataclasses.dataclass
 class LinearAttentionBackend(AttentionMethod):
     name = "linear"
+    joint = False     # no log-sum-exp: a joint text-image call cannot keep its text part dense
     min_tokens: int = param(0, low=0)
     dropin: bool = param(False, example="true", hint="true runs linear attention on softmax-trained weights anyway")
 

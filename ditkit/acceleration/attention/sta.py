@@ -27,7 +27,7 @@ from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
 from ..kernels.blocksparse import BlockPattern, block_sparse_attention, window_index
 from ..kernels.layout import auto_tile, from_tiles, tile_grid, to_tiles
-from .base import AttentionMethod, dense_fraction, parse_triples
+from .base import AttentionMethod, dense_fraction, image_tokens, parse_triples, text_dense
 
 
 def auto_window(grid: tuple[int, int, int], density: float) -> tuple[int, int, int]:
@@ -98,10 +98,10 @@ def tile_plan(layout: TokenLayout, tile: tuple | None, windows: tuple | None, de
 
 
 def sliding_tile_attention(q, k, v, layout: TokenLayout | None, tile=None, windows=None,
-                           density: float = 0.25) -> torch.Tensor:
+                           density: float = 0.25, lse: bool = False):
     """q, k, v [B, h, N, d] frame-major; ``windows``: one (wf, wh, ww) for all heads, a list of one per head, or None
     (auto from ``density``). Heads whose windows have the same number of tiles share one call; the tile plan is
-    cached (:func:`tile_plan`). Returns [B, h, N, d]."""
+    cached (:func:`tile_plan`). Returns [B, h, N, d]; with ``lse``, (out, log-sum-exp [B, h, N])."""
     layout = layout or TokenLayout(1, 1, q.shape[2])
     H = q.shape[1]
     if windows and len(windows) not in (1, H):
@@ -110,11 +110,19 @@ def sliding_tile_attention(q, k, v, layout: TokenLayout | None, tile=None, windo
                      density, q.device)
     qt, kt, vt = (to_tiles(t, layout, plan.tile) for t in (q, k, v))
     if plan.groups[0][0] is None:                                 # one window for all heads
-        return from_tiles(block_sparse_attention(qt, kt, vt, plan.groups[0][1], plan.tokens), layout, plan.tile)
-    out = torch.empty_like(qt)
-    for sel, pattern in plan.groups:
-        out[:, sel] = block_sparse_attention(*(t.index_select(1, sel) for t in (qt, kt, vt)), pattern, plan.tokens)
-    return from_tiles(out, layout, plan.tile)
+        got = block_sparse_attention(qt, kt, vt, plan.groups[0][1], plan.tokens, lse=lse)
+    else:
+        got = (torch.empty_like(qt), torch.empty(qt.shape[:3], device=q.device)) if lse else torch.empty_like(qt)
+        for sel, pattern in plan.groups:
+            part = block_sparse_attention(*(t.index_select(1, sel) for t in (qt, kt, vt)), pattern, plan.tokens,
+                                          lse=lse)
+            if lse:
+                got[0][:, sel], got[1][:, sel] = part
+            else:
+                got[:, sel] = part
+    if not lse:
+        return from_tiles(got, layout, plan.tile)
+    return from_tiles(got[0], layout, plan.tile), from_tiles(got[1][..., None], layout, plan.tile)[..., 0]
 
 
 def window_candidates(grid: tuple[int, int, int], size: int) -> list[tuple[int, int, int]]:
@@ -167,17 +175,17 @@ class SlidingTileAttention(AttentionMethod):
         self._windows = parse_windows(self.window, search=True)
         self.reset(self.num_steps)
 
-    def kernel(self, q, k, v, layout, layer=None):
+    def kernel(self, q, k, v, layout, layer=None, lse: bool = False):
         layout = layout or TokenLayout(1, 1, q.shape[2])
         if self._windows != "search":
-            return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density)
+            return sliding_tile_attention(q, k, v, layout, self._tile, self._windows, self.density, lse)
         key = (layer, q.shape, layout)
         if key not in self.searched:
             tile = auto_tile(layout, self._tile)
             grid = tile_grid(layout, tile)
             candidates = window_candidates(grid, math.prod(auto_window(grid, self.density)))
             self.searched[key] = tuple(search_windows(q, k, v, layout, tile, candidates, generator=self.generator))
-        return sliding_tile_attention(q, k, v, layout, self._tile, self.searched[key])
+        return sliding_tile_attention(q, k, v, layout, self._tile, self.searched[key], lse=lse)
 
     def layout_density(self, layout: TokenLayout) -> float:
         windows = None if self._windows == "search" else self._windows
@@ -192,7 +200,7 @@ class SlidingTileAttention(AttentionMethod):
 
     def make_backend(self, layer: int, num_layers: int):
         def backend(q, k, v, layout):
-            if q.shape[2] < self.min_tokens or self.dense(layer, num_layers):
-                return sdpa(q, k, v)
-            return self.kernel(q, k, v, layout, layer)
+            if image_tokens(q, layout) < self.min_tokens or self.dense(layer, num_layers):
+                return sdpa(q, k, v, layout)
+            return text_dense(functools.partial(self.kernel, layer=layer), q, k, v, layout)
         return backend

@@ -98,27 +98,34 @@ def head_runs(temporal: torch.Tensor) -> list[tuple[int, slice, bool]]:
 
 
 def sparse_videogen(q, k, v, layout: TokenLayout | None, density: float = 0.25, block: int = 256, rows: int = 64,
-                    generator=None) -> torch.Tensor:
+                    generator=None, lse: bool = False):
     """q, k, v [B, h, N, d] frame-major (any strides, last dim contiguous) -> [B, h, N, d]. Spatial heads attend on
     views of q, k, v and write into the output in place; temporal heads copy q to token-major order and their
-    output back (k, v in token-major order are shared with the profiling)."""
+    output back (k, v in token-major order are shared with the profiling). With ``lse``, (out, log-sum-exp
+    [B, h, N])."""
     B, H, N, D = q.shape
     layout = layout or TokenLayout(1, 1, N)
     block, nb, width, idx = band_plan(N, density, block)
     if layout.frames == 1:                                   # one frame: the two masks coincide
-        return band_attention(q, k, v, block, width)
+        return band_attention(q, k, v, block, width, lse=lse)
     k_t, v_t = to_temporal(k, layout), to_temporal(v, layout)
     temporal = classify_heads(q, k, v, layout, idx, block, rows, generator, (k_t, v_t))
     out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    out_lse = torch.empty(B, H, N, device=q.device) if lse else None
     F, S = layout.frames, N // layout.frames
     for b, heads, in_time in head_runs(temporal):
         at = (slice(b, b + 1), heads)
         if in_time:
-            out_t = band_attention(to_temporal(q[at], layout), k_t[at], v_t[at], block, width)
+            got = band_attention(to_temporal(q[at], layout), k_t[at], v_t[at], block, width, lse=lse)
+            out_t, lse_t = got if lse else (got, None)
             out[at].unflatten(2, (F, S)).transpose(2, 3).copy_(out_t.unflatten(2, (S, F)))
+            if lse:
+                out_lse[at].unflatten(2, (F, S)).transpose(2, 3).copy_(lse_t.unflatten(2, (S, F)))
         else:
-            band_attention(q[at], k[at], v[at], block, width, out=out[at])
-    return out
+            got = band_attention(q[at], k[at], v[at], block, width, out=out[at], lse=lse)
+            if lse:
+                out_lse[at] = got[1]
+    return (out, out_lse) if lse else out
 
 
 def svg_density(layout: TokenLayout, density: float = 0.25, block: int = 256, rows: int = 64) -> float:
@@ -152,8 +159,8 @@ class SparseVideoGen(AttentionMethod):
         super().reset(num_steps)
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def kernel(self, q, k, v, layout):
-        return sparse_videogen(q, k, v, layout, self.sparsity, self.block, self.rows, self.generator)
+    def kernel(self, q, k, v, layout, lse: bool = False):
+        return sparse_videogen(q, k, v, layout, self.sparsity, self.block, self.rows, self.generator, lse)
 
     def layout_density(self, layout: TokenLayout) -> float:
         return svg_density(layout, self.sparsity, self.block, self.rows)

@@ -44,13 +44,16 @@ def topk_geometry(layout: TokenLayout, tile: tuple | None, density: float) -> tu
     return tile, nb, math.prod(tile), max(1, round(density * nb))
 
 
-def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: float = 0.25) -> torch.Tensor:
-    """q, k, v [B, h, N, d] frame-major -> [B, h, N, d]."""
+def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: float = 0.25, lse: bool = False):
+    """q, k, v [B, h, N, d] frame-major -> [B, h, N, d]; with ``lse``, (out, log-sum-exp [B, h, N])."""
     layout = layout or TokenLayout(1, 1, q.shape[2])
     tile, nb, T, keep = topk_geometry(layout, tuple(tile) if tile else None, density)
     qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
     idx = topk_blocks(qt, kt, T, keep)
-    return from_tiles(block_sparse_attention(qt, kt, vt, idx, T), layout, tile)
+    got = block_sparse_attention(qt, kt, vt, idx, T, lse=lse)
+    if not lse:
+        return from_tiles(got, layout, tile)
+    return from_tiles(got[0], layout, tile), from_tiles(got[1][..., None], layout, tile)[..., 0]
 
 
 @register
@@ -66,8 +69,8 @@ class TopKAttention(AttentionMethod):
         super().__post_init__()
         self._tile = parse_tile(self.tile)
 
-    def kernel(self, q, k, v, layout):
-        return topk_attention(q, k, v, layout, self._tile, self.density)
+    def kernel(self, q, k, v, layout, lse: bool = False):
+        return topk_attention(q, k, v, layout, self._tile, self.density, lse)
 
     def layout_density(self, layout: TokenLayout) -> float:
         _, nb, _, keep = topk_geometry(layout, self._tile, self.density)
