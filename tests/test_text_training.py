@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import ditkit
+from ditkit.acceleration.recipes import Recipe
 from ditkit.core.checkpoint import load_weights, read_metadata
 from ditkit.core.config import load_config
 from ditkit.core.configs import TextTrainConfig, config_kind
@@ -148,6 +149,13 @@ def test_cli_trains_generates_and_evaluates(tmp_path):
     assert bench["settings"]["kind"] == "text" and bench["settings"]["cfg_scale"] == 4.5
     none, fora = bench["rows"]
     assert none["psnr"] >= 100 and 0 <= fora["prompt_accuracy"] <= 1 and fora["blocks"] < none["blocks"]
+    run_cli("tune", "--model", run, "--min-psnr", "20", "--methods", "fora,teacache", "--num-sampling-steps", "6",
+            "--probe-samples", "2", "--calibration-samples", "3", "--validation-samples", "2", "--time-samples", "1",
+            "--repeats", "1", "--out", tmp_path / "r.yaml", "--json", tmp_path / "t.json", "--no-progress")
+    tuned = json.loads((tmp_path / "t.json").read_text())                   # held-out prompts validate the winner
+    assert tuned["settings"]["cfg_scale"] == 4.5 and "(2)" in tuned["settings"]["prompts"]
+    assert tuned["winner"] != "none" and tuned["validation"]["psnr"] >= 20
+    assert str(Recipe(str(tmp_path / "r.yaml"))) == str(Recipe(tuned["winner"]))
 
 
 def test_default_prompt_set_is_held_out_and_in_the_grammar():
