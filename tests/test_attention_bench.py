@@ -26,6 +26,21 @@ def test_bench_attention_cli_writes_rows(tmp_path):
     assert {"svg", "sta", "topk", "fastattn", "linear"} <= set(attention_backends())
 
 
+def test_bench_attention_on_joint_text_image_calls(tmp_path):
+    """--text-tokens: joint calls, text kept dense (density counts the text rows and columns), errors vs dense
+    joint attention; a keep-everything backend is exact, linear attention is skipped (it cannot keep text dense)."""
+    out = tmp_path / "bench.json"
+    main(["bench-attention", "--tokens", "256", "--text-tokens", "12", "--heads", "2", "--head-dim", "16", "--layout",
+          "4", "--repeats", "1", "--random", "--backends", "sta:tile=2x4x4,sta:tile=2x4x4,density=1,fastattn,linear",
+          "--json", str(out)])
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["sdpa", "sta:tile=2x4x4", "sta:tile=2x4x4,density=1", "fastattn"]
+    n = 12 + 256
+    assert rows["sta:tile=2x4x4"]["density"] == round((12 * n + 256 * 12 + 0.25 * 256 ** 2) / n ** 2, 4)
+    assert rows["sta:tile=2x4x4,density=1"]["rel_error"] < 1e-5 < rows["sta:tile=2x4x4"]["rel_error"]
+    assert all(r["text_tokens"] == 12 for r in rows.values())
+
+
 def test_layout_parsing():
     assert parse_layout("16", 4096) == TokenLayout(16, 16, 16)
     assert parse_layout("2x8x16", 256) == TokenLayout(2, 8, 16)

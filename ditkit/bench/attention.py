@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F_
 
-from ..acceleration.attention.base import AttentionMethod, longest_attention
+from ..acceleration.attention.base import AttentionMethod, longest_attention, text_dense
+from ..acceleration.attention.fastattn import WindowResidualAttention
 from ..acceleration.recipes import REGISTRY, build_method, check_recipe, parse_recipe
 from ..core import checkpoint as ckpt
 from ..core.config import from_dict
@@ -150,23 +151,47 @@ def capture_activations(layout: TokenLayout, models=(VIDEO_MODEL, IMAGE_MODEL), 
     return acts, label
 
 
+def joint_density(image_density: float, text: int, tokens: int) -> float:
+    """Fraction of the query-key pairs of a joint call over ``text`` + ``tokens`` tokens computed when the text rows
+    and columns stay dense (:func:`~ditkit.acceleration.attention.base.text_dense`) and the image block has
+    ``image_density``."""
+    n = text + tokens
+    return (text * n + tokens * text + image_density * tokens * tokens) / (n * n)
+
+
 def bench_tokens(tokens: int, layout: TokenLayout, heads: int, head_dim: int, backends: list[str], repeats: int,
-                 real=None, seed: int = 0, log=print) -> list[dict]:
-    """One row per backend (SDPA first) at one sequence length."""
+                 real=None, seed: int = 0, log=print, text: int = 0) -> list[dict]:
+    """One row per backend (SDPA first) at one sequence length; ``text`` > 0: joint calls with that many text tokens
+    before the image tokens (SD3, FLUX), the text kept dense (random text q, k, v at the image activations' scale)."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(1, heads, text + tokens, head_dim, generator=g) for _ in range(3))
+    call_layout = TokenLayout(*layout.shape, text=text)
     methods = {spec: build_method(*parse_recipe(spec)[0]) for spec in backends}
-    for spec, m in methods.items():
-        if spec.startswith("fastattn"):
-            m.prime("bench", q, k, v, layout)
+    if text:
+        skipped = [spec for spec, m in methods.items() if not m.joint]
+        for spec in skipped:
+            log(f"  {spec}: skipped, it cannot keep a joint call's text dense (no log-sum-exp)")
+        methods = {spec: m for spec, m in methods.items() if m.joint}
+
+    def run(m, q, k, v, key):
+        if isinstance(m, WindowResidualAttention):
+            return m.kernel(q, k, v, call_layout, key)
+        return text_dense(m.kernel, q, k, v, call_layout)
+
+    for m in methods.values():
+        if isinstance(m, WindowResidualAttention):
+            m.prime("bench", q, k, v, call_layout)
     fns = {"sdpa": lambda: sdpa(q, k, v)}
-    fns.update({spec: (lambda m=m: m.kernel(q, k, v, layout)) for spec, m in methods.items()})
+    fns.update({spec: (lambda m=m: run(m, q, k, v, "bench")) for spec, m in methods.items()})
     for f in fns.values():                                        # warm-up
         f()
     ms = interleaved_ms(fns, repeats)
     if real is not None:
         (rq, rk, rv), (pq, pk, pv) = real[0][-1], real[0][0]      # current step; fastattn's residual from the step before
-        err_src = real[1]
+        err_src = real[1] + (f", {text} random text tokens before it" if text else "")
+        if text:
+            with_text = lambda t: torch.cat([torch.randn(*t.shape[:2], text, t.shape[3], generator=g) * t.std(), t], 2)
+            rq, rk, rv, pq, pk, pv = map(with_text, (rq, rk, rv, pq, pk, pv))
     else:
         (rq, rk, rv), (pq, pk, pv), err_src = (q, k, v), (q, k, v), "random (no trained model bundled)"
     ref = sdpa(rq, rk, rv)
@@ -176,21 +201,21 @@ def bench_tokens(tokens: int, layout: TokenLayout, heads: int, head_dim: int, ba
         if m is None:
             out, density = ref, 1.0
         else:
-            if spec.startswith("fastattn"):
-                m.prime("real", pq, pk, pv, layout)
-                out = m.kernel(rq, rk, rv, layout, "real")
-            else:
-                out = m.kernel(rq, rk, rv, layout)
-            density = m.layout_density(layout)
+            if isinstance(m, WindowResidualAttention):
+                m.prime("real", pq, pk, pv, call_layout)
+            out = run(m, rq, rk, rv, "real")
+            density = joint_density(m.layout_density(layout), text, tokens)
         _, peak = peak_tensor_memory(fns[spec])
         err = float((out - ref).norm() / ref.norm())
-        if real is None and spec.startswith("fastattn"):
+        if real is None and isinstance(m, WindowResidualAttention):
             err = None                                            # residual from the same tensors: 0 by construction
         row = {"backend": spec, "tokens": tokens, "layout": "x".join(map(str, layout.shape)), "heads": heads,
                "head_dim": head_dim, "density": round(density, 4), "ms": round(ms[spec], 2),
                "speedup": round(ms["sdpa"] / ms[spec], 3), "efficiency": round(ms["sdpa"] / ms[spec] * density, 3),
                "rel_error": err, "activations": err_src,
                "peak_memory_mb": round(peak / 2 ** 20, 1)}
+        if text:
+            row["text_tokens"] = text
         rows.append(row)
         log(f"  {spec:28s} {row['ms']:9.1f} ms  x{row['speedup']:6.2f}  density {row['density']:.3f}  "
             f"err {_fmt(err)}  peak {row['peak_memory_mb']:.0f} MiB")

@@ -65,7 +65,8 @@ def run(args):
         real = None if args.random else capture_activations(layout, models)
         log(f"{n} tokens, layout {layout.shape}, {args.heads} heads x {args.head_dim}; errors on "
             f"{real[1] if real else 'random tensors'}")
-        rows += bench_tokens(n, layout, args.heads, args.head_dim, backends, args.repeats, real, log=log)
+        rows += bench_tokens(n, layout, args.heads, args.head_dim, backends, args.repeats, real, log=log,
+                             text=args.text_tokens)
     print(markdown(rows))
     result = {"command": "ditkit " + " ".join(sys.argv[1:]), "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows}
@@ -88,6 +89,9 @@ def register(sub):
     p.add_argument("--backends", help="comma-separated attention backends with parameters, e.g. "
                                       "'svg,sta:window=2x2x2' (default: every registered attention backend at its "
                                       "defaults: " + ", ".join(attention_backends()) + ")")
+    p.add_argument("--text-tokens", type=nonnegative_int, default=0,
+                   help="joint text-image calls (SD3, FLUX, CogVideoX, HunyuanVideo): this many text tokens before "
+                        "the image tokens, kept dense by every backend (default 0: image tokens only)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per backend (median)")
     add_threads_arg(p)
     p.add_argument("--activations", default="auto", help="model whose q, k, v measure the errors: bundled name or "
