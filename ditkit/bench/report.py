@@ -111,7 +111,8 @@ def text_bars(rows: list[dict]) -> list[str]:
     none = rows[0]
     ok = [r for r in rows[1:] if r["impl"] == "ditkit" and r["speedup"] >= 3 and r["psnr"] >= 30]
     best = max(ok, key=lambda r: r["speedup"], default=None)
-    acc = lambda r: f", prompt accuracy {100 * r['prompt_accuracy']:.1f}% (none {100 * none['prompt_accuracy']:.1f}%)"
+    acc = lambda r: "" if r["prompt_accuracy"] is None else \
+        f", prompt accuracy {100 * r['prompt_accuracy']:.1f}% (none {100 * none['prompt_accuracy']:.1f}%)"
     line = (f"**{'met' if best else 'not met'}** — some ditkit recipe >= 3x wall-clock with PSNR >= 30 dB: "
             + (f"`{best['recipe']}` {best['speedup']:.2f}x, PSNR {best['psnr']:.2f} dB" + acc(best) if best
                else "none qualifies"))

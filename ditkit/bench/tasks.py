@@ -109,6 +109,7 @@ class TextTask:
     seed: int
     sampling: dict                     # TextPipeline keyword arguments but prompt, seed
     prompts: list                      # the task's prompts, one per sample
+    judged: bool = True                # MNIST scenes: the scene judge scores prompt accuracy (else None)
     kind = "text"
 
     def __call__(self, pipe, n: int | None = None) -> torch.Tensor:
@@ -123,10 +124,11 @@ class TextTask:
                                    prompts=[scenes.caption(seed + i) for i in range(num_samples)])
 
     def quality(self, samples: torch.Tensor, reference: torch.Tensor) -> dict:
-        judge = _scene_judge()
+        accuracy = _scene_judge().scores(samples.cpu(), self.prompts[:len(samples)])["prompt_accuracy"] \
+            if self.judged else None
         return {"psnr": psnr(samples, reference, cap=PSNR_CAP).mean().item(),
                 "ssim": ssim(samples, reference).mean().item(), "class_accuracy": None, "frechet_distance": None,
-                "prompt_accuracy": judge.scores(samples.cpu(), self.prompts[:len(samples)])["prompt_accuracy"]}
+                "prompt_accuracy": accuracy}
 
     def settings(self) -> dict:
         return {**self.sampling, "seed": self.seed, "prompts": f"{self.prompts[0]!r} ... ({len(self.prompts)})"}
@@ -137,10 +139,11 @@ def _scene_judge() -> SceneJudge:
     return SceneJudge(load_scene_classifier())
 
 
-def text_task(num_samples: int, seed: int, sampling: dict) -> TextTask:
-    """The bench's text task: the held-out prompts from ``seed`` on, cycling."""
+def text_task(num_samples: int, seed: int, sampling: dict, judged: bool = True) -> TextTask:
+    """The bench's text task: the held-out prompts from ``seed`` on, cycling (as plain captions for a model that
+    does not draw MNIST scenes, ``judged`` False: speed and PSNR / SSIM vs full compute only)."""
     held = read_prompts(HELDOUT_PROMPTS)
-    return TextTask(num_samples, seed, sampling, [held[(seed + i) % len(held)] for i in range(num_samples)])
+    return TextTask(num_samples, seed, sampling, [held[(seed + i) % len(held)] for i in range(num_samples)], judged)
 
 
 @dataclasses.dataclass
@@ -253,7 +256,7 @@ def default_task(pipe, num_samples: int, seed: int, sampling: dict) -> ImageTask
     if isinstance(pipe, VideoPipeline):
         return video_task(pipe, num_samples, seed, sampling)
     if isinstance(pipe, TextPipeline):
-        return text_task(num_samples, seed, sampling)
+        return text_task(num_samples, seed, sampling, judged=pipe.metadata.get("format") != "diffusers")
     C, (H, W) = pipe.model.in_channels, pipe.model.config.image_hw
     return ImageTask(num_samples, seed, sampling, pipe.num_classes, (C, H, W, pipe.num_classes) == (1, 32, 32, 10))
 

@@ -14,7 +14,7 @@ from ..evaluation.evaluate import (EVAL_CFG_SCALE, EVAL_GUIDANCE_INTERVAL, cfg_s
 from ..evaluation.text import HELDOUT_PROMPTS, TEXT_EVAL_CFG_SCALE, evaluate_prompts, read_prompts
 from ..evaluation.video import EVAL_TASKS, ROLLOUT_FRAMES, evaluate_video, metric_keys, plot_per_frame, save_examples
 from ..pipelines.base import is_video_model, resolve_model_path
-from ..pipelines.diffusers_dit import diffusers_folder_kind
+from ..pipelines.diffusers_dit import diffusers_folder_kind, is_diffusers_text_folder
 from ..core.visual import save_grid
 from ..pipelines.text import is_text_model
 from ..pipelines.video import VideoPipeline
@@ -163,6 +163,10 @@ def check_args(args) -> None:
 
 def check_text_flags_for_eval(args) -> bool:
     """Whether ``--model`` is a text-to-image model (its flags checked; --prompts, not --prompt)."""
+    if is_diffusers_text_folder(args.model):
+        raise ValueError(f"ditkit eval scores ditkit's MNIST-scene text models on the scene grammar; {args.model} is a "
+                         f"diffusers PixArt folder: measure recipes on it with `ditkit bench --model {args.model}` "
+                         f"(speed, PSNR / SSIM vs full compute) or `ditkit tune`")
     text = not diffusers_folder_kind(args.model) and is_text_model(args.model)
     if not text:
         args.prompt = args.prompts_file = None

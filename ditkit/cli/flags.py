@@ -16,6 +16,7 @@ from ..evaluation.text import TEXT_EVAL_CFG_SCALE
 from ..models.dit import DIT_CONFIGS
 from ..parallel.mesh import ParallelConfig, distributed_env, process_device
 from ..pipelines.base import is_video_model
+from ..pipelines.diffusers_dit import is_diffusers_text_folder
 from ..pipelines.image import DiTPipeline
 from ..pipelines.text import TextPipeline, is_text_model, read_prompts_file
 
@@ -183,6 +184,9 @@ def check_text_flags(args) -> bool:
                          f"FILE (one of them)")
     if args.prompts_file is not None:
         read_prompts_file(args.prompts_file)
+    if args.text_encoder is not None and is_diffusers_text_folder(args.model):
+        raise ValueError(f"--text-encoder {args.text_encoder}: {args.model} is a diffusers pipeline folder, which "
+                         f"reads its own text_encoder/ and tokenizer/; drop --text-encoder")
     if args.text_encoder is not None and not (Path(args.text_encoder) / "config.json").is_file():
         raise FileNotFoundError(f"--text-encoder {args.text_encoder}: not a transformers model folder (no "
                                 f"config.json); give a local folder saved with save_pretrained")

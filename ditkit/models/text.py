@@ -32,7 +32,9 @@ class TextEncoder(Protocol):
 class TransformersTextEncoder:
     """A local transformers text encoder folder and its tokenizer (see the module docstring), in eval mode."""
 
-    def __init__(self, path: str | Path, device="cpu", max_length: int = 120, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path, device="cpu", max_length: int = 120, dtype: torch.dtype = torch.float32,
+                 tokenizer: str | Path | None = None):
+        """``tokenizer``: the tokenizer's folder when it is not ``path`` (a diffusers pipeline's tokenizer/)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"--text-encoder {path}: not a transformers model folder (no config.json); give a "
@@ -46,10 +48,10 @@ class TransformersTextEncoder:
         config = transformers.AutoConfig.from_pretrained(path)
         loader = transformers.CLIPTextModel if config.model_type == "clip" else transformers.AutoModelForTextEncoding
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer or path)
         except (OSError, ValueError) as e:
-            raise ValueError(f"--text-encoder {path}: no tokenizer could be loaded from the folder ({e}); save the "
-                             f"tokenizer next to the model with tokenizer.save_pretrained") from None
+            raise ValueError(f"--text-encoder {path}: no tokenizer could be loaded from {tokenizer or 'the folder'} "
+                             f"({e}); save the tokenizer next to the model with tokenizer.save_pretrained") from None
         self.model = loader.from_pretrained(path, torch_dtype=dtype).to(device).eval().requires_grad_(False)
         self.dim = getattr(self.model.config, "d_model", None) or self.model.config.hidden_size
         self.max_length, self.device = max_length, torch.device(device)

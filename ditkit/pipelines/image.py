@@ -104,8 +104,10 @@ class DiTPipeline(Pipeline):
 
 
 def load(name_or_path: str | Path = "mnist-dit", device="cpu", autoencoder: str | None = None) -> DiTPipeline:
-    """A bundled name, model file or diffusers DiT folder -> its pipeline: a VideoPipeline for a ditkit video DiT,
-    a TextPipeline for a text-to-image model, else a DiTPipeline."""
+    """A bundled name, model file or diffusers DiT / PixArt folder -> its pipeline: a VideoPipeline for a ditkit
+    video DiT, a TextPipeline for a text-to-image model, else a DiTPipeline."""
+    if is_text_model(name_or_path) and diffusers_folder_kind(name_or_path):
+        return TextPipeline.from_pretrained(name_or_path, device)
     if diffusers_folder_kind(name_or_path):
         return DiTPipeline.from_pretrained(name_or_path, device, autoencoder)
     path = resolve_model_path(name_or_path)

@@ -24,6 +24,7 @@ from ..diffusion.samplers import NoiseSource
 from ..models.pixart import PixArt, PixArtConfig
 from ..models.text import SmallTextEncoder, TransformersTextEncoder, WordTokenizer
 from .base import Pipeline, resolve_model_path
+from .diffusers_dit import is_diffusers_text_folder, load_diffusers_pixart
 from .build import build_process
 
 
@@ -40,7 +41,10 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def is_text_model(name_or_path: str | Path) -> bool:
-    """Whether ``name_or_path`` (bundled name, file, results folder) is a ditkit text-to-image (PixArt) file."""
+    """Whether ``name_or_path`` (bundled name, file, results folder) is a ditkit text-to-image (PixArt) file, or a
+    diffusers PixArt pipeline folder."""
+    if is_diffusers_text_folder(name_or_path):
+        return True
     try:
         path = resolve_model_path(name_or_path)
     except FileNotFoundError:
@@ -78,8 +82,8 @@ def load_text_model(name_or_path: str | Path, device="cpu", text_encoder: str | 
 
 
 class TextPipeline(Pipeline):
-    def __init__(self, model, process, encoder, metadata: dict | None = None):
-        super().__init__(model, process, None, metadata)
+    def __init__(self, model, process, encoder, metadata: dict | None = None, autoencoder=None):
+        super().__init__(model, process, autoencoder, metadata)
         if encoder.dim != model.config.caption_channels:
             raise ValueError(f"the text encoder makes {encoder.dim}-wide states but the model reads "
                              f"{model.config.caption_channels}: give the encoder the model was trained with")
@@ -89,7 +93,14 @@ class TextPipeline(Pipeline):
     def from_pretrained(cls, name_or_path: str | Path, device="cpu",
                         text_encoder: str | Path | None = None) -> "TextPipeline":
         """A ditkit text-to-image model file (bundled name, file or results folder) with its text encoder
-        (:func:`load_text_model`)."""
+        (:func:`load_text_model`), or a diffusers PixArt pipeline folder (its transformer through ditkit's
+        adapter, its T5 encoder and VAE; :func:`~ditkit.pipelines.diffusers_dit.load_diffusers_pixart`)."""
+        if is_diffusers_text_folder(name_or_path):
+            if text_encoder is not None:
+                raise ValueError(f"{name_or_path} is a diffusers pipeline folder: it reads its own text_encoder/; "
+                                 f"drop --text-encoder")
+            model, process, encoder, ae, meta = load_diffusers_pixart(name_or_path, device)
+            return cls(model, process, encoder, meta, ae)
         model, encoder, meta = load_text_model(name_or_path, device, text_encoder)
         cfg = from_dict(TextTrainConfig, meta["train_config"])
         return cls(model, build_process(cfg.diffusion, model.config.learn_sigma), encoder, meta)
@@ -131,6 +142,7 @@ class TextPipeline(Pipeline):
             guided = GuidedModel(network, (text[part], mask[part]), (null_text[part], null_mask[part]), cfg_scale,
                                  self.process, None, guidance_interval, cfg_batched or network is not self.model,
                                  branch)
-            outs.append(self.denoise(guided, noise, (C, H, W), num_sampling_steps, sampler or self.default_sampler,
-                                     eta, progress, step_callback, True))
+            x = self.denoise(guided, noise, (C, H, W), num_sampling_steps, sampler or self.default_sampler, eta,
+                             progress, step_callback, self.autoencoder is None)
+            outs.append(x if self.autoencoder is None else self.autoencoder.decode(x))
         return self.gather_samples(torch.cat(outs), len(prompts)).clamp(-1, 1)
