@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..acceleration.recipes import REGISTRY, parse_recipe
+from ..core.outputs import atomic_write
 from .harness import NEVER_SKIPS, markdown_table, recipe_kinds
 
 COLUMNS = """Columns: **speedup** = median wall time of `none` / median wall time of the recipe (timed rounds interleaved,
@@ -41,7 +42,8 @@ VIDEO_BAR_TOKENS = 8192                                  # the long-sequence set
 
 
 def replace_generated_section(path, section: str, title: str = "# Benchmarks", markers=MARKERS) -> Path:
-    """Write ``section`` between the ``markers`` of the file at ``path`` (created with ``title`` when missing)."""
+    """Write ``section`` between the ``markers`` of the file at ``path`` (created with ``title`` when missing), the
+    file replaced atomically."""
     path = Path(path)
     begin, end = markers
     block = f"{begin}\n{section.rstrip()}\n{end}"
@@ -50,8 +52,7 @@ def replace_generated_section(path, section: str, title: str = "# Benchmarks", m
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def runs(data: dict) -> list[tuple[dict, list[dict], list]]:
