@@ -28,10 +28,9 @@ float32 (in bf16 they may round differently).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -215,7 +214,7 @@ class _RoutedProcessor:
             if attn_mask is not None and layout is not None and layout.text:
                 text_mask = self.adapter.text_padding(attn_mask, layout)
                 if text_mask is not None:
-                    attn_mask, layout = None, dataclasses.replace(layout, text_mask=text_mask)
+                    attn_mask, layout = None, replace(layout, text_mask=text_mask)
             if (attn_mask is not None or dropout_p or is_causal or any(rest.values()) or layout is None or k.shape[-2] != q.shape[-2]
                     or (scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-12)):
                 return dense(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
@@ -235,7 +234,6 @@ class _RoutedProcessor:
             return self.inner(*args, **kwargs)
         finally:
             F.scaled_dot_product_attention = dense
-
 
     def _joint(self, q, k, v, layout: TokenLayout):
         """The backend on a joint call, whose tokens it takes text first (:func:`text_dense`)."""

@@ -58,19 +58,17 @@ def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     """Dense softmax attention and its log-sum-exp: q [B, H, m, d], k, v [B, H, n, d] -> out [B, H, m, d],
     lse [B, H, m] (float32). Fused kernels where PyTorch exposes the LSE, the math path elsewhere and with a boolean
     key ``mask`` [B, 1, 1, n] (True: attend; a query with no key left gets lse -inf and a zero output)."""
-    if mask is not None:
-        scores = ((q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
-        lse = scores.logsumexp(-1)
-        return (scores - lse[..., None]).exp().nan_to_num(0.0).to(v.dtype) @ v, lse
-    if q.device.type == "cpu":
+    if mask is None and q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)[:2]
         return out, lse.float()
-    if q.device.type == "cuda":
+    if mask is None and q.device.type == "cuda":
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
         return out, lse[..., :q.shape[2]].float()
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     lse = scores.logsumexp(-1)
-    return (scores - lse[..., None]).exp().to(v.dtype) @ v, lse
+    return (scores - lse[..., None]).exp().nan_to_num(0.0).to(v.dtype) @ v, lse
 
 
 def merge_attention(out: torch.Tensor, lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor):

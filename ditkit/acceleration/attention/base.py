@@ -107,6 +107,7 @@ def text_dense(kernel, q, k, v, layout: TokenLayout | None):
 
 @dataclasses.dataclass
 class AttentionMethod(Method):
+    joint = True      # the kernel gives log-sum-exps (``lse=True``), so joint text-image calls keep text dense
     layers: str = param("all", check=check_indices, example="0-3")
     heads: str = param("all", check=check_indices, example="0;2")
     min_tokens: int = param(1024, low=0)
@@ -115,13 +116,10 @@ class AttentionMethod(Method):
         super().__post_init__()
         self.step, self.num_steps, self.branch = 0, 1, "cond"
 
-    joint = True      # the kernel gives log-sum-exps (``lse=True``), so joint text-image calls keep text dense
-
     def kernel(self, q, k, v, layout: TokenLayout | None, lse: bool = False):
         """The efficient attention itself on image tokens: q, k, v [B, h, N, d] -> [B, h, N, d]; with ``lse``,
         (out, the log-sum-exp [B, h, N] float32 of each query over the keys it attended)."""
         raise NotImplementedError
-
 
     def layout_density(self, layout: TokenLayout) -> float:
         """Fraction of query-key pairs :meth:`kernel` computes on ``layout``."""
