@@ -322,6 +322,14 @@ def test_wrong_block_list_names_the_model_lists():
     assert type(model.transformer_blocks) is torch.nn.ModuleList                 # nothing was changed
 
 
+def test_bad_joint_declarations_are_clear_errors():
+    with pytest.raises(ValueError, match="joint='text-middle'.*'text-first', 'text-last'"):
+        BlockStack(blocks=("transformer_blocks",), grid=latent_grid(), text="encoder_hidden_states",
+                   returns=("hidden", "text"), joint="text-middle")
+    with pytest.raises(ValueError, match="joint= needs text="):
+        BlockStack(blocks=("transformer_blocks",), grid=latent_grid(), joint="text-first")
+
+
 # --- 5. torch.compile -------------------------------------------------------------------------------------------
 def test_compiled_transformer_is_unwrapped():
     model, _ = dit()

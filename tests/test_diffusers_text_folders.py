@@ -76,3 +76,19 @@ def test_generate_bench_and_tune_take_the_folder(folder, tmp_path):
     cli_error("generate", "--model", path, "--prompt", "x", "--text-encoder", tmp_path, "--out", tmp_path / "g.png",
               names=("--text-encoder", "text_encoder/"))
     cli_error("eval", "--model", path, names=("ditkit bench", "PixArt"))
+
+
+def test_a_pixart_folder_without_its_encoder_or_with_resolution_conditions_is_refused(folder, tmp_path):
+    import shutil
+    path, _ = folder
+    partial = tmp_path / "partial"
+    shutil.copytree(path, partial, ignore=shutil.ignore_patterns("text_encoder"))
+    with pytest.raises(FileNotFoundError, match="text_encoder/"):
+        ditkit.load(partial)
+    from ditkit.pipelines.diffusers_dit import AdaptedPixArt
+    conditioned = diffusers.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                                     num_layers=1, sample_size=8, patch_size=2, caption_channels=24,
+                                                     use_additional_conditions=True)
+    with pytest.raises(ValueError, match="resolution and aspect-ratio"):
+        AdaptedPixArt(conditioned)
+    assert type(conditioned.transformer_blocks) is torch.nn.ModuleList                  # left untouched

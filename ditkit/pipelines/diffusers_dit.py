@@ -70,11 +70,11 @@ class AdaptedPixArt(StackAdapter):
     and the :class:`~ditkit.models.pixart.PixArtConfig` describing it (square latents, no resolution conditions)."""
 
     def __init__(self, dmodel):
-        super().__init__(dmodel, spec_for(dmodel))
         c = dmodel.config
-        if c.use_additional_conditions:
+        if c.use_additional_conditions:               # checked before the adapter touches the model
             raise ValueError(f"this {PIXART_CLASS} takes resolution and aspect-ratio conditions (PixArt-alpha "
                              f"1024px); ditkit's text pipeline samples models without them (256 / 512 px)")
+        super().__init__(dmodel, spec_for(dmodel))
         D = c.num_attention_heads * c.attention_head_dim
         self.config = PixArtConfig(input_size=c.sample_size, patch_size=c.patch_size, in_channels=c.in_channels,
                                    hidden_size=D, depth=c.num_layers, num_heads=c.num_attention_heads,
