@@ -26,7 +26,7 @@ import torch
 from ...hooks.method import param, register
 from ...models.attention import TokenLayout, sdpa
 from ..kernels.blocksparse import BlockPattern, block_sparse_attention, window_index
-from ..kernels.layout import auto_tile, from_tiles, tile_grid, to_tiles
+from ..kernels.layout import auto_tile, from_tiles_attention, tile_grid, to_tiles
 from .base import AttentionMethod, dense_fraction, image_tokens, parse_triples, text_dense
 
 
@@ -120,9 +120,7 @@ def sliding_tile_attention(q, k, v, layout: TokenLayout | None, tile=None, windo
                 got[0][:, sel], got[1][:, sel] = part
             else:
                 got[:, sel] = part
-    if not lse:
-        return from_tiles(got, layout, plan.tile)
-    return from_tiles(got[0], layout, plan.tile), from_tiles(got[1][..., None], layout, plan.tile)[..., 0]
+    return from_tiles_attention(got, layout, plan.tile)
 
 
 def window_candidates(grid: tuple[int, int, int], size: int) -> list[tuple[int, int, int]]:

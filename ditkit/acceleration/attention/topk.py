@@ -19,7 +19,7 @@ import torch
 from ...hooks.method import param, register
 from ...models.attention import TokenLayout
 from ..kernels.blocksparse import block_sparse_attention
-from ..kernels.layout import auto_tile, from_tiles, tile_grid, to_tiles
+from ..kernels.layout import auto_tile, from_tiles_attention, tile_grid, to_tiles
 from .base import AttentionMethod, dense_fraction
 from .sta import parse_tile
 
@@ -51,9 +51,7 @@ def topk_attention(q, k, v, layout: TokenLayout | None, tile=None, density: floa
     qt, kt, vt = (to_tiles(t, layout, tile) for t in (q, k, v))
     idx = topk_blocks(qt, kt, T, keep)
     got = block_sparse_attention(qt, kt, vt, idx, T, lse=lse)
-    if not lse:
-        return from_tiles(got, layout, tile)
-    return from_tiles(got[0], layout, tile), from_tiles(got[1][..., None], layout, tile)[..., 0]
+    return from_tiles_attention(got, layout, tile)
 
 
 @register

@@ -45,6 +45,13 @@ def from_tiles(x: torch.Tensor, layout: TokenLayout, tile: tuple[int, int, int])
     return x.reshape(B, H, N, D)
 
 
+def from_tiles_attention(got, layout: TokenLayout, tile: tuple[int, int, int]):
+    """:func:`from_tiles` of a kernel's result: out [B, h, N, d], or (out, log-sum-exp [B, h, N])."""
+    if isinstance(got, tuple):
+        return from_tiles(got[0], layout, tile), from_tiles(got[1][..., None], layout, tile)[..., 0]
+    return from_tiles(got, layout, tile)
+
+
 def to_temporal(x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """Frame-major [B, h, F*S, d] -> token-major [B, h, S*F, d] (S = height * width)."""
     B, H, N, D = x.shape
